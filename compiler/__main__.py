@@ -1,0 +1,5 @@
+import sys
+
+from aglmc.compiler.cli import main
+
+sys.exit(main())

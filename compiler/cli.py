@@ -1,0 +1,100 @@
+"""The ``aglmc`` command line. Exit codes: 0 ok, 1 user error (a located message, no traceback), 2 internal
+error, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+from aglmc.errors import AglmcError
+
+EPILOG = """examples:
+  aglmc check examples/01_digits_cnn/digits.sched
+  aglmc build examples/01_digits_cnn/digits.sched --out build/digits
+  aglmc run build/digits --input examples/01_digits_cnn/sample.npy
+  aglmc inspect build/digits
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aglmc", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Compile a trained model for ARM NEON boards (and the host) from a .sched schedule: "
+                    "import it, run the schedule's compression passes, verify it against the original on real "
+                    "inputs, and lower it through Apache TVM.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    b = sub.add_parser("build", help="build a schedule into an artifact folder",
+                       description="Run the whole schedule and write one artifact folder: a library per target, "
+                                   "manifest.json, the resolved schedule and report.md. The folder is replaced "
+                                   "atomically; a failed build leaves the previous one as it was.")
+    b.add_argument("schedule", type=Path, help="the .sched file")
+    b.add_argument("--out", "-o", type=Path, help="artifact folder (default: build/<schedule name>)")
+    b.add_argument("--plugin", action="append", type=Path, default=[], metavar="FILE.py",
+                   help="a Python file that registers extra passes (repeatable)")
+    b.add_argument("--print-after-all", action="store_true", help="print the graph after every step")
+    b.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the graph after every step into DIR")
+    b.add_argument("--quiet", "-q", action="store_true", help="print only the result")
+
+    c = sub.add_parser("check", help="check a schedule without building",
+                       description="Parse and check a .sched file: syntax, pass and target names, parameters, "
+                                   "files it names. Prints the resolved schedule with every default filled in.")
+    c.add_argument("schedule", type=Path)
+    c.add_argument("--plugin", action="append", type=Path, default=[], metavar="FILE.py")
+    c.add_argument("--quiet", "-q", action="store_true", help="print nothing when the schedule is fine")
+
+    r = sub.add_parser("run", help="run an artifact's host library on inputs",
+                       description="Run the host library of an artifact on a .npy (one-input models) or .npz "
+                                   "(arrays named like the model's inputs) file and print or save the outputs.")
+    r.add_argument("artifact", type=Path, help="the folder `aglmc build` wrote")
+    r.add_argument("--input", "-i", type=Path, required=True, metavar="FILE.npy|FILE.npz")
+    r.add_argument("--output", type=Path, metavar="FILE.npz", help="save the outputs here")
+
+    i = sub.add_parser("inspect", help="op counts, parameters, MACs and a per-layer table",
+                       description="Describe a model (.onnx file, file.py:factory, or a .sched file's model) or "
+                                   "an artifact folder.")
+    i.add_argument("target", help="MODEL.onnx | model.py:factory | SCHEDULE.sched | ARTIFACT_DIR")
+    i.add_argument("--layers", type=int, default=40, help="rows of the per-layer table (default 40)")
+
+    ps = sub.add_parser("passes", help="list the passes a schedule can use, with their parameters")
+    ps.add_argument("--plugin", action="append", type=Path, default=[], metavar="FILE.py")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    # torch and transformers warn about their own internals (deprecations); users cannot act on those.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        return _dispatch(args)
+    except AglmcError as e:
+        print(e.render(), file=sys.stderr)
+        if os.environ.get("AGLMC_TRACEBACK"):
+            traceback.print_exc()
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in aglmc: say so, keep the traceback short unless asked
+        print(f"internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        if os.environ.get("AGLMC_TRACEBACK"):
+            traceback.print_exc()
+        else:
+            print("this is a bug in aglmc; rerun with AGLMC_TRACEBACK=1 for the traceback", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    from aglmc.compiler import commands
+
+    return getattr(commands, f"cmd_{args.command}")(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

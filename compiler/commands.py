@@ -1,0 +1,201 @@
+"""The sub-commands behind :mod:`aglmc.compiler.cli`; each returns an exit code."""
+
+from __future__ import annotations
+
+
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from aglmc.errors import ArtifactError, ScheduleError
+
+
+def cmd_build(args) -> int:
+    from aglmc.compiler.pipeline import BuildOptions, build
+
+    out = args.out or Path("build") / args.schedule.stem
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    result = build(args.schedule, BuildOptions(out_dir=out, plugins=args.plugin,
+                                               print_after_all=args.print_after_all, dump_ir=args.dump_ir, log=log))
+    v = result.verification
+    print(f"built {out}: " + ", ".join(f"{t.kind} ({t.library}, {t.size:,} B)" for t in result.targets))
+    line = f"max-abs error vs original: {v.error_vs_original:.3g} on {v.samples} sample(s) of '{v.data}'"
+    if v.metric != "none" and v.metric_compiled is not None:
+        line += f"; {v.metric}: original {v.metric_original:.4f}, compiled {v.metric_compiled:.4f}"
+    print(line)
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from aglmc.compiler.pipeline import check_schedule
+    from aglmc.dsl import format_schedule
+
+    checked = check_schedule(args.schedule, args.plugin)
+    if not args.quiet:
+        print(f"{args.schedule}: ok ({len(checked.steps)} pass step(s), targets: "
+              f"{', '.join(t.kind for t in checked.targets)})")
+        print(format_schedule(checked), end="")
+    return 0
+
+
+def load_inputs(path: Path, specs: List[dict]) -> List[np.ndarray]:
+    """Read ``.npy``/``.npz`` inputs and check them against the manifest's input descriptions."""
+    if not path.is_file():
+        raise ArtifactError(f"input file not found: {path}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                given: Dict[str, np.ndarray] = {k: npz[k] for k in npz.files}
+        elif path.suffix == ".npy":
+            if len(specs) != 1:
+                raise ArtifactError(f"{path.name}: a .npy file holds one array but the model takes "
+                                    f"{len(specs)} inputs ({', '.join(s['name'] for s in specs)})",
+                                    hint="pass an .npz file with one array per input name")
+            given = {specs[0]["name"]: np.load(path, allow_pickle=False)}
+        else:
+            raise ArtifactError(f"{path.name}: inputs must be a .npy or .npz file")
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read {path}: {e}") from e
+    arrays = []
+    for spec in specs:
+        name, shape, dtype = spec["name"], tuple(spec["shape"]), spec["dtype"]
+        if name not in given:
+            raise ArtifactError(f"{path.name} has no array '{name}' (it has: {', '.join(given) or 'none'})")
+        arr = given[name]
+        if arr.shape != shape:
+            raise ArtifactError(f"{path.name}: input '{name}' has shape {list(arr.shape)}, the model needs "
+                                f"{list(shape)}")
+        if arr.dtype != np.dtype(dtype):
+            if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
+                raise ArtifactError(f"{path.name}: input '{name}' is {arr.dtype}, the model needs {dtype}")
+            arr = arr.astype(dtype)
+        arrays.append(arr)
+    extra = sorted(set(given) - {s["name"] for s in specs})
+    if extra:
+        raise ArtifactError(f"{path.name} has arrays the model does not take: {', '.join(extra)}")
+    return arrays
+
+
+def cmd_run(args) -> int:
+    from aglmc.compiler.artifact import read_manifest
+    from aglmc.targets.run import HostRunner
+
+    manifest = read_manifest(args.artifact)
+    host = next((t for t in manifest.get("targets", []) if t["kind"] == "host"), None)
+    if host is None:
+        raise ArtifactError(f"{args.artifact} has no host library")
+    arrays = load_inputs(args.input, manifest["inputs"])
+    outputs = HostRunner(args.artifact / host["library"]).run(arrays)
+    names = [o["name"] for o in manifest["outputs"]]
+    for name, out in zip(names, outputs):
+        flat = out.reshape(-1)
+        head = np.array2string(flat[:8], precision=4, separator=", ")
+        line = f"{name}: {out.dtype}{list(out.shape)} {head}{' ...' if flat.size > 8 else ''}"
+        if out.ndim == 2 and out.shape[0] >= 1 and np.issubdtype(out.dtype, np.floating):
+            line += f"  argmax: {out.argmax(axis=-1).tolist()}"
+        print(line)
+    if args.output:
+        np.savez(args.output, **dict(zip(names, outputs)))
+        print(f"saved {args.output}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from aglmc.compiler.stats import onnx_stats
+
+    target = args.target
+    path = Path(target.split(":", 1)[0]) if ".py:" in target else Path(target)
+    if path.is_dir():
+        return _inspect_artifact(path)
+    if target.endswith(".onnx"):
+        import onnx
+
+        if not path.is_file():
+            raise ArtifactError(f"model file not found: {path}")
+        stats = onnx_stats(onnx.load(str(path)))
+        title = path.name
+    elif target.endswith(".sched") or ".py:" in target:
+        from aglmc.compiler.model import load_model
+        from aglmc.compiler.pipeline import check_schedule
+        from aglmc.compiler.stats import model_stats
+
+        if target.endswith(".sched"):
+            checked = check_schedule(path)
+        else:
+            checked = _adhoc_schedule(target)
+        model = load_model(checked)
+        stats = model_stats(model)
+        title = checked.model.source.text
+    else:
+        raise ArtifactError(f"cannot inspect '{target}': give an .onnx file, a file.py:factory, a .sched file or an "
+                            "artifact folder")
+    _print_stats(title, stats, args.layers)
+    return 0
+
+
+def _adhoc_schedule(target: str):
+    """A minimal schedule around ``file.py:factory`` so the normal model loader (and its errors) serve inspect."""
+    from aglmc.compiler.catalog import build_catalog
+    from aglmc.dsl import check, parse_text
+
+    path = Path(target.split(":", 1)[0]).resolve()
+    text = f'model "{path.name}:{target.split(":", 1)[1]}"\ntarget host\n'
+    try:
+        return check(parse_text(text, path.parent / "<inspect>.sched"), build_catalog())
+    except ScheduleError as e:
+        raise ArtifactError(e.message, hint=e.hint) from e
+
+
+def _print_stats(title: str, stats, layers: int) -> None:
+    print(f"{title}")
+    print(f"  parameters: {stats.params:,}   MACs: {stats.macs:,}   nodes: {sum(stats.ops.values()):,}")
+    print("  ops: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.ops.items(), key=lambda kv: -kv[1])))
+    print()
+    print(stats.table(limit=layers))
+
+
+def _inspect_artifact(path: Path) -> int:
+    from aglmc.compiler.artifact import read_manifest
+
+    m = read_manifest(path)
+    print(f"{path}: aglmc {m['aglmc']} artifact of {m['model']['source']} ({m['model']['kind']})")
+    for kind in ("inputs", "outputs"):
+        for s in m[kind]:
+            print(f"  {kind[:-1]} {s['name']}: {s['dtype']}{s['shape']}")
+    for t in m["targets"]:
+        print(f"  target {t['kind']}: {t['library']} ({t['size']:,} B)")
+    for p in m["passes"]:
+        print(f"  pass {p['name']}: {p['summary']}")
+    before, after = m["stats"]["before"], m["stats"]["after"]
+    print(f"  parameters: {before['params']:,} -> {after['params']:,}   MACs: {before['macs']:,} -> "
+          f"{after['macs']:,}   nodes: {before['nodes']:,} -> {after['nodes']:,}")
+    v = m["verification"]
+    print(f"  max-abs error vs original: {v['error_vs_original']:.3g} ({v['samples']} samples of '{v['data']}')")
+    if v["metric"] != "none":
+        print(f"  {v['metric']}: original {v['metric_original']}, compiled {v['metric_compiled']}")
+    return 0
+
+
+def cmd_passes(args) -> int:
+    from aglmc.compiler.catalog import build_catalog
+
+    catalog = build_catalog(args.plugin)
+    for name, sig in catalog.passes.items():
+        print(f"{name}  [{', '.join(sig.graph_kinds)}]  {sig.doc}")
+        for p in sig.params:
+            default = "required" if p.required else f"default {p.default!r}"
+            rng = p.describe_range()
+            print(f"    {p.name}: {p.type}{' ' + rng if rng else ''}{' one of ' + '|'.join(p.choices) if p.choices else ''}"
+                  f" ({default}) {p.doc}")
+        if sig.requires:
+            print(f"    requires: {', '.join(sig.requires)}")
+        if sig.guarantees:
+            print(f"    guarantees: {', '.join(sig.guarantees)}")
+    print("\nop kinds for `on`: " + ", ".join(catalog.op_kinds))
+    print("metrics: " + ", ".join(catalog.metrics))
+    return 0
+
+
+

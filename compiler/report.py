@@ -1,0 +1,76 @@
+"""``report.md``: what the build did and how far each compiled output is from the original model."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+def _num(x: Optional[float], fmt: str = ".4g") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def _metric(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:.4f}"
+
+
+def render(result) -> str:
+    checked = result.checked
+    v = result.verification
+    model = result.model
+    lines = [f"# aglmc build report: {checked.schedule.path.name}", ""]
+    lines += [f"Model: `{checked.model.source.text}` ({'PyTorch via torch.export' if model.kind == 'fx' else 'ONNX'})",
+              "", "| input | shape | dtype |", "|---|---|---|"]
+    lines += [f"| {s.name} | {list(s.shape)} | {s.dtype} |" for s in model.inputs]
+    lines += ["", "| output | shape | dtype |", "|---|---|---|"]
+    lines += [f"| {s.name} | {list(s.shape)} | {s.dtype} |" for s in model.outputs]
+
+    lines += ["", "## Verification", "",
+              f"Evaluated on {v.samples} sample(s) of `{v.data}`"
+              + (f" ({v.dropped} left out: not a full batch)" if v.dropped else "") + ".", "",
+              "| compared | max-abs error | bound |", "|---|---:|---:|",
+              f"| host library vs original model | {_num(v.error_vs_original)} | "
+              f"{_num(v.tolerance) if v.tolerance is not None else 'none set'} |",
+              f"| host library vs transformed model | {_num(v.error_vs_transformed)} | lowering check |",
+              "", f"Largest original output magnitude: {_num(v.output_scale)}."]
+    if v.metric != "none":
+        lines += ["", f"| model | {v.metric} |", "|---|---:|",
+                  f"| original | {_metric(v.metric_original)} |",
+                  f"| after passes | {_metric(v.metric_transformed)} |",
+                  f"| host library | {_metric(v.metric_compiled)} |"]
+
+    before, after = result.stats_before, result.stats_after
+    lines += ["", "## Model", "", "| | before passes | after passes |", "|---|---:|---:|",
+              f"| parameters | {before.params:,} | {after.params:,} |",
+              f"| MACs | {before.macs:,} | {after.macs:,} |",
+              f"| graph nodes | {sum(before.ops.values()):,} | {sum(after.ops.values()):,} |"]
+    changed_ops = sorted(set(before.ops) | set(after.ops))
+    diff = [(op, before.ops.get(op, 0), after.ops.get(op, 0)) for op in changed_ops
+            if before.ops.get(op, 0) != after.ops.get(op, 0)]
+    if diff:
+        lines += ["", "| op | before | after |", "|---|---:|---:|"]
+        lines += [f"| {op} | {b} | {a} |" for op, b, a in diff]
+
+    lines += ["", "## Passes", ""]
+    if not result.passes:
+        lines.append("The schedule runs no passes.")
+    else:
+        lines += ["| # | pass | selector | changed | summary | seconds |", "|---:|---|---|---|---|---:|"]
+        for i, p in enumerate(result.passes, 1):
+            lines.append(f"| {i} | `{p.name}` | {p.selector or 'all'} | {'yes' if p.result.changed else 'no'} | "
+                         f"{p.result.summary} | {p.seconds:.2f} |")
+        for p in result.passes:
+            if p.result.details:
+                lines += ["", f"`{p.name}`:", ""] + [f"- {d}" for d in p.result.details]
+
+    lines += ["", "## Targets", "", "| target | library | size | build seconds | TVM target |",
+              "|---|---|---:|---:|---|"]
+    for t in result.targets:
+        info = t.info
+        seconds = getattr(info, "seconds", None)
+        tvm_target = getattr(info, "target", "")
+        lines.append(f"| {t.kind} | {t.library} | {t.size:,} B | {_num(seconds, '.1f')} | `{tvm_target}` |")
+
+    lines += ["", "## Steps", "", "| step | seconds |", "|---|---:|"]
+    lines += [f"| {s.name} | {s.seconds:.2f} |" for s in result.steps]
+    lines += ["", "## Layers (after passes)", "", after.table(limit=40), ""]
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""Shared fixtures: the repository's paths, an in-process CLI runner, and a digits build made once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+# One thread for TVM and torch: the CI machine has 2 cores and tests run beside other work.
+os.environ.setdefault("TVM_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``aglmc ARGS`` in-process and return exit code, stdout and stderr."""
+    from aglmc.compiler.cli import main
+
+    def run(*args) -> CliResult:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def aglmc_exe() -> str:
+    return str(Path(sys.executable).with_name("aglmc"))
+
+
+def run_shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def digits_artifact(tmp_path_factory) -> Path:
+    """examples/01_digits_cnn built once for the session (host + arm)."""
+    from aglmc.compiler.pipeline import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("digits") / "digits"
+    build(EXAMPLES / "01_digits_cnn" / "digits.sched", BuildOptions(out_dir=out, log=lambda _m: None))
+    return out
+
+
+def objdump_aarch64() -> str | None:
+    return shutil.which("aarch64-linux-gnu-objdump") or shutil.which("llvm-objdump")
+
+
+@pytest.fixture(autouse=True)
+def _restore_pass_registry():
+    """Passes loaded from a test's plugin file are forgotten after that test (each CLI run is a new process)."""
+    from aglmc.passes import base
+
+    base.registry()
+    saved = dict(base._REGISTRY)
+    yield
+    base._REGISTRY.clear()
+    base._REGISTRY.update(saved)
