@@ -38,6 +38,8 @@ class Model:
     reference: Callable[[Sequence[np.ndarray]], List[np.ndarray]]
     source_sha256: str
     example_inputs: List[np.ndarray] = field(default_factory=list)
+    #: the user's original torch module (FX models only): the reference, never modified
+    original_module: Any = None
 
     def run(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Run the current (transformed) graph: torch for FX, onnxruntime for ONNX."""
@@ -65,7 +67,7 @@ class Model:
     def clone(self) -> "Model":
         graph = copy.deepcopy(self.graph)
         return Model(self.kind, graph, list(self.inputs), list(self.outputs), self.reference, self.source_sha256,
-                     list(self.example_inputs))
+                     list(self.example_inputs), self.original_module)
 
 
 def load_model(checked: CheckedSchedule) -> Model:
@@ -142,7 +144,7 @@ def _load_torch(checked: CheckedSchedule) -> Model:
         return _run_torch(reference_module, inputs)
 
     return Model("fx", gm, specs, [TensorSpec.of(f"output{i}", o) for i, o in enumerate(outs)], reference,
-                 _sha256_torch(src.path, module), arrays)
+                 _sha256_torch(src.path, module), arrays, module)
 
 
 def _forward_arg_names(module) -> List[str]:

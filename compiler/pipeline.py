@@ -24,7 +24,7 @@ from aglmc.compiler.catalog import build_catalog
 from aglmc.compiler.data import Dataset, load_dataset
 from aglmc.compiler.model import Model, load_model
 from aglmc.compiler.stats import Stats, model_stats
-from aglmc.compiler.verify import LOWERING_RTOL, Outputs, max_abs, metric_value, scale
+from aglmc.compiler.verify import LOWERING_RTOL, Outputs, max_abs, measure_latency, metric_value, scale
 from aglmc.dsl import CheckedSchedule, check, format_schedule, parse_file
 from aglmc.errors import AglmcError, PassError, ScheduleError, VerifyError
 from aglmc.passes.base import PassContext, PassResult, get_pass
@@ -81,6 +81,9 @@ class Verification:
     metric_original: Optional[float]
     metric_transformed: Optional[float]
     metric_compiled: Optional[float]
+    #: median host latency of the built library, and of the same model built without the schedule's passes
+    latency_ms: Optional[float] = None
+    baseline_latency_ms: Optional[float] = None
 
 
 @dataclass
@@ -131,10 +134,12 @@ def build(sched_path: Path, options: BuildOptions) -> BuildResult:
     evaluation = _evaluation_batches(checked, model, datasets)
     original = steps.run("evaluate original", Outputs.collect, model.reference, evaluation.batches())
     stats_before = model_stats(model)
+    # the untransformed model, lowered too, so the report can time the host library before and after the passes
+    baseline_mod = steps.run("import original to Relax", model.to_relax) if checked.steps else None
 
     passes: List[PassRecord] = []
     for step in checked.steps:
-        passes.append(steps.run(f"pass {step.name}", _run_pass, checked, step, model, datasets))
+        passes.append(steps.run(f"pass {step.name}", _run_pass, checked, step, model, datasets, options.log))
         dump.graph(f"pass-{step.name}", model)
     if model.kind == "fx":
         for name in FX_LEGALIZATION:
@@ -152,6 +157,10 @@ def build(sched_path: Path, options: BuildOptions) -> BuildResult:
         host = next(r for r in target_records if r.kind == "host")
         compiled = steps.run("verify on host", _run_library, stage / host.library, evaluation.batches())
         verification = _verify(checked, evaluation, original, transformed, compiled)
+        verification.latency_ms = steps.run("time host library", _latency, stage / host.library, host, model)
+        if baseline_mod is not None and any(p.result.changed for p in passes):
+            verification.baseline_latency_ms = steps.run("time host library without passes", _baseline_latency,
+                                                         baseline_mod, host, model)
         result = BuildResult(Path(options.out_dir), checked, model, stats_before, stats_after, passes,
                              target_records, verification, steps.records)
         steps.run("package", _package, result, stage)
@@ -219,10 +228,11 @@ def _needs_labels(metric: str) -> bool:
     return METRICS[metric].needs_labels
 
 
-def _run_pass(checked: CheckedSchedule, step, model: Model, datasets) -> PassRecord:
+def _run_pass(checked: CheckedSchedule, step, model: Model, datasets, log) -> PassRecord:
     cls = get_pass(step.name)
     ctx = PassContext(selects=make_selector(model.kind, step.selector.ops, step.selector.path), datasets=datasets,
-                      example_inputs={s.name: a for s, a in zip(model.inputs, model.example_inputs)})
+                      example_inputs={s.name: a for s, a in zip(model.inputs, model.example_inputs)},
+                      reference_module=model.original_module, log=log)
     start = time.perf_counter()
     try:
         result = cls(**dict(step.params)).run(model.kind, model.graph, ctx)
@@ -288,6 +298,21 @@ def _run_library(path: Path, batches) -> Outputs:
 
     runner = HostRunner(path)
     return Outputs.collect(runner.run, batches)
+
+
+def _latency(path: Path, host: TargetRecord, model: Model) -> float:
+    from aglmc.targets.run import HostRunner
+
+    runner = HostRunner(path, threads=host.info.settings.get("threads"))
+    return measure_latency(runner.run, model.example_inputs)
+
+
+def _baseline_latency(baseline_mod, host: TargetRecord, model: Model) -> float:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="aglmc-baseline-") as tmp:
+        record = _build_target("host", dict(host.info.settings), baseline_mod, Path(tmp))
+        return _latency(Path(tmp) / record.library, record, model)
 
 
 def _verify(checked: CheckedSchedule, evaluation: _Evaluation, original: Outputs, transformed: Outputs,

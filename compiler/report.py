@@ -32,6 +32,11 @@ def render(result) -> str:
               f"{_num(v.tolerance) if v.tolerance is not None else 'none set'} |",
               f"| host library vs transformed model | {_num(v.error_vs_transformed)} | lowering check |",
               "", f"Largest original output magnitude: {_num(v.output_scale)}."]
+    if v.latency_ms is not None:
+        threads = next((t.info.settings.get("threads") for t in result.targets if t.kind == "host"), None)
+        lines += ["", f"Host latency (median, batch as declared, {threads} thread(s)): {v.latency_ms:.3f} ms"
+                  + (f"; built without the schedule's passes {v.baseline_latency_ms:.3f} ms (the passes make it "
+                     f"{v.baseline_latency_ms / v.latency_ms:.2f}x as fast)" if v.baseline_latency_ms else "") + "."]
     if v.metric != "none":
         lines += ["", f"| model | {v.metric} |", "|---|---:|",
                   f"| original | {_metric(v.metric_original)} |",

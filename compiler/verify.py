@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
+import time
+
 import numpy as np
 
 from aglmc.errors import VerifyError
@@ -90,3 +92,17 @@ def metric_value(name: str, outputs: Outputs, labels: Optional[np.ndarray], refe
     if metric.fn is None or (metric.needs_labels and labels is None) or not outputs.arrays:
         return None
     return metric.fn(outputs.arrays, labels, reference.arrays)
+
+
+def measure_latency(run: Callable[[Sequence[np.ndarray]], object], inputs: Sequence[np.ndarray], *,
+                    min_runs: int = 10, min_seconds: float = 0.3, max_runs: int = 1000) -> float:
+    """Median wall-clock milliseconds of ``run(inputs)`` after one warm-up call (at least ``min_runs`` calls
+    and ``min_seconds`` of calls)."""
+    run(inputs)
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter()
+        run(inputs)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)

@@ -3,11 +3,14 @@
 The parser turns lark's parse tree into these frozen dataclasses; every node carries the :class:`Location` of
 the text it came from so later stages (the checker, the compiler, the passes) can point at the schedule when
 something is wrong. Paths are resolved relative to the schedule's folder at parse time.
+
+Locations are metadata: they take no part in equality, so a schedule re-parsed from its formatted text compares
+equal to the original.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
@@ -19,7 +22,7 @@ class Value:
     """A literal: int, float, str, bool, :class:`~aglmc.dsl.params.Ident` or a tuple of Values."""
 
     value: Any
-    loc: Location
+    loc: Location = field(compare=False)
 
     def plain(self) -> Any:
         """The Python value with nested Values unwrapped (lists become tuples)."""
@@ -34,7 +37,7 @@ class Setting:
 
     key: str
     value: Value
-    loc: Location  # of the key
+    loc: Location = field(compare=False)  # of the key
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class Source:
     text: str  # as written in the schedule
     path: Path  # resolved against the schedule's folder
     factory: Optional[str]  # the function name for Python sources, else None
-    loc: Location
+    loc: Location = field(compare=False)
 
     @property
     def is_python(self) -> bool:
@@ -53,8 +56,10 @@ class Source:
 
 @dataclass(frozen=True)
 class ModelDecl:
+    """``model "model.py:build"`` or ``model "net.onnx"``."""
+
     source: Source
-    loc: Location
+    loc: Location = field(compare=False)  # of the whole statement
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,8 @@ class InputDecl:
     name: str
     dtype: str
     shape: Tuple[int, ...]
-    loc: Location
+    loc: Location = field(compare=False)  # of the name
+    dtype_loc: Location = field(compare=False)
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class DatasetDecl:
 
     name: str
     source: Source
-    loc: Location
+    loc: Location = field(compare=False)  # of the name
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class EvaluateDecl:
     """``evaluate { data = NAME  metric = accuracy  tolerance = 1e-4 ... }``."""
 
     settings: Tuple[Setting, ...]
-    loc: Location
+    loc: Location = field(compare=False)  # of the keyword
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,8 @@ class Selector:
 
     ops: Tuple[str, ...] = ()
     path: Optional[str] = None
-    loc: Optional[Location] = None
-    ops_locs: Tuple[Location, ...] = ()
+    loc: Optional[Location] = field(default=None, compare=False)
+    ops_locs: Tuple[Location, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ class PassStep:
     name: str
     selector: Selector
     settings: Tuple[Setting, ...]
-    loc: Location  # of the pass name
+    loc: Location = field(compare=False)  # of the pass name
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,7 @@ class TargetDecl:
 
     kind: str
     settings: Tuple[Setting, ...]
-    loc: Location  # of the kind
+    loc: Location = field(compare=False)  # of the kind
 
 
 @dataclass(frozen=True)

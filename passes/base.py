@@ -52,12 +52,15 @@ class PassContext:
 
     ``selects(node)`` answers whether a node is inside the step's selector; ``datasets`` maps the schedule's
     data set names to loaded data (a :class:`aglmc.compiler.data.Dataset`); ``example_inputs`` are the
-    model's inputs as numpy arrays, by name; ``log`` prints a progress line.
+    model's inputs as numpy arrays, by name; ``reference_module`` is the original, untransformed
+    ``torch.nn.Module`` of a PyTorch model (None for ONNX), e.g. the teacher for distillation: passes must not
+    modify it; ``log`` prints a progress line.
     """
 
     selects: Any
     datasets: Mapping[str, Any] = field(default_factory=dict)
     example_inputs: Mapping[str, Any] = field(default_factory=dict)
+    reference_module: Any = None
     log: Any = print
     explain: bool = False
 
