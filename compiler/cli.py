@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a Python file that registers extra passes (repeatable)")
     b.add_argument("--print-after-all", action="store_true", help="print the graph after every step")
     b.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the graph after every step into DIR")
+    b.add_argument("--explain", action="append", default=[], metavar="PASS",
+                   help="print, per candidate site, why PASS did or did not apply (repeatable)")
     b.add_argument("--quiet", "-q", action="store_true", help="print only the result")
 
     c = sub.add_parser("check", help="check a schedule without building",

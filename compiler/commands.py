@@ -18,6 +18,14 @@ def cmd_build(args) -> int:
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     result = build(args.schedule, BuildOptions(out_dir=out, plugins=args.plugin,
                                                print_after_all=args.print_after_all, dump_ir=args.dump_ir, log=log))
+    for name in args.explain:
+        records = [p for p in result.passes if p.name == name]
+        if not records:
+            print(f"--explain {name}: the schedule does not run that pass")
+        for record in records:
+            print(f"{record.name}{' ' + record.selector if record.selector else ''}: {record.result.summary}")
+            for detail in record.result.details or ["(no candidate sites)"]:
+                print(f"  {detail}")
     v = result.verification
     print(f"built {out}: " + ", ".join(f"{t.kind} ({t.library}, {t.size:,} B)" for t in result.targets))
     line = f"max-abs error vs original: {v.error_vs_original:.3g} on {v.samples} sample(s) of '{v.data}'"

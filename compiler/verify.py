@@ -36,6 +36,10 @@ def _cosine(outputs, labels, reference) -> float:
     return float(np.mean(num / np.maximum(den, 1e-30)))
 
 
+def _agreement(outputs, labels, reference) -> float:
+    return float(np.mean(outputs[0].argmax(-1) == reference[0].argmax(-1)))
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -52,6 +56,8 @@ METRICS: Dict[str, Metric] = {m.name: m for m in (
            lambda o, l, r: _accuracy(o, l, r, k=5), True),
     Metric("cosine", "mean cosine similarity of the first output to the original model's, per sample",
            _cosine, False),
+    Metric("top1_agreement", "fraction of positions where the first output's argmax (last axis) equals the "
+           "original model's, e.g. next-token agreement of a language model", _agreement, False),
 )}
 
 

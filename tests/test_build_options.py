@@ -24,3 +24,13 @@ def test_dump_ir_and_print_after_all(tmp_path, cli):
     assert "// ----- IR after pass-fold_batchnorm -----" in result.out
     # without an evaluate block the build verifies on the example inputs
     assert "on 1 sample(s) of 'example inputs'" in result.out
+
+
+def test_explain_prints_each_candidate_site(tmp_path, cli):
+    sched = tmp_path / "digits.sched"
+    sched.write_text(SCHED.replace('in "features.*"', 'in "features.[04]"'))
+    result = cli("build", sched, "--out", tmp_path / "out", "--explain", "fold_batchnorm", "--quiet")
+    assert result.code == 0, result.err
+    assert "fold_batchnorm on conv2d in \"features.[04]\": folded 1 batch norm(s), left 2" in result.out
+    assert "folded: features.1 (batch_norm)" in result.out
+    assert "left: features.8 (batch_norm_2): producer not selected" in result.out
