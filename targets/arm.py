@@ -1,0 +1,77 @@
+"""The arm target: 64-bit ARM Linux boards with NEON (Raspberry Pi 4/5, Jetson, RK3588 ...), cross-compiled.
+
+LLVM generates aarch64 code on this machine; a cross linker (zig by default, see ``toolchain.py``) turns it into
+a shared object whose only dependency is the board's libc, so the board needs nothing but TVM's runtime.
+
+Why ``cortex-a72`` is the default CPU: it is an ARMv8.0-A core, so the code uses no instruction that a Cortex-A53,
+A55, A72, A76 or Neoverse board lacks (``cortex-a76`` would let LLVM emit ARMv8.2 fp16/dotprod/LSE instructions
+that fault on a Raspberry Pi 4 or an A53), while LLVM schedules for a real out-of-order core rather than
+``generic``'s in-order model. Boards with newer cores should say so: ``cpu = "cortex-a76"`` and
+``features = ["+neon", "+dotprod"]``, which MetaSchedule also reads to pick its dot-product rules.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import tvm
+
+from aglmc.dsl.params import Param
+from aglmc.errors import TargetError
+from aglmc.targets.base import BuildInfo, Target, register_target
+from aglmc.targets.compile import compile_relax
+from aglmc.targets.llvm import check_features, cpu_check
+from aglmc.targets.toolchain import LINKERS, elf_machine, export_library, find_linker
+
+DEFAULT_TRIPLE = "aarch64-linux-gnu"
+
+
+def _check_triple(triple: str) -> Optional[str]:
+    parts = triple.split("-")
+    if parts[0] != "aarch64" or len(parts) < 3 or "linux" not in parts:
+        return f"the arm target builds for 64-bit ARM Linux (aarch64-*-linux-*), got '{triple}'"
+    return None
+
+
+@register_target
+class ArmTarget(Target):
+    """aarch64 Linux boards with NEON, cross-compiled and cross-linked on this machine."""
+
+    kind = "arm"
+    library_name = "arm.so"
+    params = (
+        Param("triple", "str", default=DEFAULT_TRIPLE, check=_check_triple,
+              doc="LLVM target triple of the board (aarch64-linux-gnu for glibc boards)"),
+        Param("cpu", "str", default="cortex-a72", check=cpu_check(DEFAULT_TRIPLE),
+              doc="the board's core as an LLVM CPU name (-mcpu); cortex-a72 code runs on every ARMv8-A core"),
+        Param("features", "list[str]", default=("+neon",), check=check_features,
+              doc="LLVM features (-mattr), each +name or -name: +neon, +dotprod, +i8mm, +fullfp16"),
+        Param("threads", "int", default=4, min=1,
+              doc="the board's cores the kernels are scheduled for (TVM's num-cores)"),
+        Param("linker", "enum", default="zig", choices=LINKERS,
+              doc="zig (the ziglang package, no system packages) or gcc (Debian's g++-aarch64-linux-gnu)"),
+    )
+
+    @classmethod
+    def tvm_target(cls, settings: Mapping[str, Any]) -> tvm.target.Target:
+        s = cls.resolve(settings)
+        return tvm.target.Target({"kind": "llvm", "mtriple": s["triple"], "mcpu": s["cpu"],
+                                  "mattr": list(s["features"]), "num-cores": s["threads"]})
+
+    @classmethod
+    def build(cls, mod: tvm.IRModule, settings: Mapping[str, Any], out_path: Path) -> BuildInfo:
+        s = cls.resolve(settings)
+        target = cls.tvm_target(s)
+        linker = find_linker(s["linker"], s["triple"])  # before compiling: a missing toolchain fails fast
+        start = time.perf_counter()
+        executable = compile_relax(mod, target)
+        compiled = time.perf_counter()
+        link_seconds = export_library(executable, out_path, linker)
+        machine = elf_machine(out_path)
+        if machine != "aarch64":  # a linker that ignored the triple would hand the board an x86 library
+            raise TargetError(f"{linker} produced a {machine or 'non-ELF'} library, not aarch64: {out_path}")
+        return BuildInfo(kind=cls.kind, path=Path(out_path), target=str(target), settings=s,
+                         seconds=time.perf_counter() - start, compile_seconds=compiled - start,
+                         link_seconds=link_seconds, linker=str(linker))

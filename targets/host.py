@@ -1,0 +1,110 @@
+"""The host target: this machine's CPU (x86-64 on the laptops aglmc cross-compiles from), through LLVM.
+
+Used to check a build against the original model before it goes to a board, and to run models locally.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import tvm
+
+from aglmc.dsl.params import Param
+from aglmc.targets.base import BuildInfo, Target, register_target
+from aglmc.targets.compile import compile_relax
+from aglmc.targets.llvm import check_features, cpu_check, usable_cores
+from aglmc.targets.toolchain import export_library, host_linker
+
+# CPU model names (from /proc/cpuinfo) that LLVM's detection gets wrong. Hypervisors often pass through the
+# instruction set of a new CPU with an old or made-up model number: this machine reports model 167, which LLVM
+# reads as rocketlake, on a Sapphire Rapids host. Rocketlake code runs there but uses no AMX, AVX512-FP16/BF16.
+_MODEL_NAMES = (
+    (re.compile(r"Xeon.*\b(Platinum|Gold|Silver|Bronze) [3-9]4\d\d"), "sapphirerapids"),  # 4th gen Xeon SP
+    (re.compile(r"Xeon.*\b(Platinum|Gold|Silver|Bronze) [3-9]5\d\d"), "emeraldrapids"),  # 5th gen Xeon SP
+    (re.compile(r"Xeon.*\b6\d\d\dP\b"), "graniterapids"),  # Xeon 6 P-cores
+    (re.compile(r"AMD EPYC 9\d\d4"), "znver4"),
+    (re.compile(r"AMD EPYC 9\d\d5"), "znver5"),
+    (re.compile(r"AMD EPYC 7\d\d3"), "znver3"),
+)
+
+# When the model name is generic ("Intel(R) Xeon(R) Processor"), the CPU flags still tell the generation apart:
+# the first rule whose flags are all present wins.
+_FLAG_RULES = (
+    ("GenuineIntel", {"amx_tile", "amx_fp16"}, "graniterapids"),
+    ("GenuineIntel", {"amx_tile", "avx512_fp16"}, "sapphirerapids"),
+    ("AuthenticAMD", {"avx512f", "avx512_bf16", "avx_vnni"}, "znver5"),
+    ("AuthenticAMD", {"avx512f", "avx512_bf16"}, "znver4"),
+)
+
+
+def detect_cpu_from_cpuinfo(cpuinfo: str) -> Optional[str]:
+    """The LLVM CPU name for the first processor described by ``cpuinfo`` (``/proc/cpuinfo`` text), if known."""
+    fields: Dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor is enough
+            continue
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    name = fields.get("model name", "")
+    for pattern, cpu in _MODEL_NAMES:
+        if pattern.search(name):
+            return cpu
+    vendor, flags = fields.get("vendor_id", ""), set(fields.get("flags", "").split())
+    for rule_vendor, needed, cpu in _FLAG_RULES:
+        if vendor == rule_vendor and needed <= flags:
+            return cpu
+    return None
+
+
+@lru_cache(maxsize=None)
+def detect_host_cpu() -> str:
+    """This machine's CPU as an LLVM ``-mcpu`` name: from /proc/cpuinfo when known, else LLVM's own guess."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = detect_cpu_from_cpuinfo(f.read())
+    except OSError:
+        cpu = None
+    return cpu or str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+@register_target
+class HostTarget(Target):
+    """This machine's CPU, compiled by LLVM for the detected CPU model."""
+
+    kind = "host"
+    library_name = "host.so"
+    params = (
+        Param("threads", "int", default=usable_cores(), min=1,
+              doc="cores the kernels are scheduled for (TVM's num-cores); default: all cores"),
+        Param("cpu", "str", default=detect_host_cpu(), check=cpu_check(None),
+              doc="LLVM CPU name (-mcpu); default: detected from /proc/cpuinfo, else LLVM's guess"),
+        Param("features", "list[str]", default=(), check=check_features,
+              doc="extra LLVM features (-mattr), each +name or -name"),
+    )
+
+    @classmethod
+    def tvm_target(cls, settings: Mapping[str, Any]) -> tvm.target.Target:
+        s = cls.resolve(settings)
+        spec: Dict[str, Any] = {"kind": "llvm", "mcpu": s["cpu"], "num-cores": s["threads"]}
+        if s["features"]:
+            spec["mattr"] = list(s["features"])
+        return tvm.target.Target(spec)
+
+    @classmethod
+    def build(cls, mod: tvm.IRModule, settings: Mapping[str, Any], out_path: Path) -> BuildInfo:
+        s = cls.resolve(settings)
+        target = cls.tvm_target(s)
+        linker = host_linker()
+        start = time.perf_counter()
+        executable = compile_relax(mod, target)
+        compiled = time.perf_counter()
+        link_seconds = export_library(executable, out_path, linker)
+        return BuildInfo(kind=cls.kind, path=Path(out_path), target=str(target), settings=s,
+                         seconds=time.perf_counter() - start, compile_seconds=compiled - start,
+                         link_seconds=link_seconds, linker=str(linker))
