@@ -11,7 +11,7 @@ left out (and counted in the report).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -74,7 +74,16 @@ def load_dataset(decl: DatasetDecl, specs: Sequence[TensorSpec], source_text: st
                 arrays = {k: npz[k] for k in npz.files}
         except (OSError, ValueError) as e:
             raise fail(f"cannot read {src.path}: {e}") from e
+    return dataset_from_arrays(decl.name, arrays, specs, fail)
 
+
+def dataset_from_arrays(name: str, arrays: Dict[str, np.ndarray], specs: Sequence[TensorSpec],
+                        fail: Callable[..., Exception]) -> Dataset:
+    """Check ``arrays`` (input name → samples-first array, plus optional labels) against the model's inputs.
+
+    ``fail(message, hint=None)`` builds the error to raise, so each caller locates it its own way.
+    """
+    arrays = dict(arrays)
     labels = arrays.pop(LABELS, None)
     names = [s.name for s in specs]
     missing = [n for n in names if n not in arrays]
@@ -103,4 +112,4 @@ def load_dataset(decl: DatasetDecl, specs: Sequence[TensorSpec], source_text: st
         raise fail(f"arrays have different sample counts: {sorted(counts)}")
     if counts == {0}:
         raise fail("is empty")
-    return Dataset(decl.name, {n: arrays[n] for n in names}, labels)
+    return Dataset(name, {n: arrays[n] for n in names}, labels)

@@ -75,6 +75,18 @@ def render(result) -> str:
         tvm_target = getattr(info, "target", "")
         lines.append(f"| {t.kind} | {t.library} | {t.size:,} B | {_num(seconds, '.1f')} | `{tvm_target}` |")
 
+    host = next((t for t in result.targets if t.kind == "host"), None)
+    schedule = getattr(host.info, "schedule", None) if host is not None else None
+    if schedule is not None:
+        total = sum(f.macs or 0 for f in schedule.functions) or 1
+        lines += ["", "## Kernels (host)", "",
+                  f"{len(schedule.functions)} fused kernels; the schedule rule that scheduled each "
+                  "('fallback': no specialised rule matched; 'database': a tuning record).", "",
+                  "| kernel | rule | MACs | share of MACs |", "|---|---|---:|---:|"]
+        for f in sorted(schedule.functions, key=lambda f: -(f.macs or 0)):
+            lines.append(f"| {f.name} | {f.rule} | {'?' if f.macs is None else f'{f.macs:,}'} | "
+                         f"{100 * (f.macs or 0) / total:.1f}% |")
+
     lines += ["", "## Steps", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {s.name} | {s.seconds:.2f} |" for s in result.steps]
     lines += ["", "## Layers (after passes)", "", after.table(limit=40), ""]

@@ -29,7 +29,7 @@ import pkgutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Mapping, Tuple, Type
 
 from aglmc.dsl.params import Param
 from aglmc.errors import AglmcError, PassError

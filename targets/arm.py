@@ -12,18 +12,15 @@ that fault on a Raspberry Pi 4 or an A53), while LLVM schedules for a real out-o
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import tvm
 
 from aglmc.dsl.params import Param
-from aglmc.errors import TargetError
 from aglmc.targets.base import BuildInfo, Target, register_target
-from aglmc.targets.compile import compile_relax
-from aglmc.targets.llvm import check_features, cpu_check
-from aglmc.targets.toolchain import LINKERS, elf_machine, export_library, find_linker
+from aglmc.targets.llvm import build_library, check_features, cpu_check
+from aglmc.targets.toolchain import LINKERS, find_linker
 
 DEFAULT_TRIPLE = "aarch64-linux-gnu"
 
@@ -61,17 +58,8 @@ class ArmTarget(Target):
                                   "mattr": list(s["features"]), "num-cores": s["threads"]})
 
     @classmethod
-    def build(cls, mod: tvm.IRModule, settings: Mapping[str, Any], out_path: Path) -> BuildInfo:
+    def build(cls, mod: tvm.IRModule, settings: Mapping[str, Any], out_path: Path, *, database=None) -> BuildInfo:
         s = cls.resolve(settings)
-        target = cls.tvm_target(s)
         linker = find_linker(s["linker"], s["triple"])  # before compiling: a missing toolchain fails fast
-        start = time.perf_counter()
-        executable = compile_relax(mod, target)
-        compiled = time.perf_counter()
-        link_seconds = export_library(executable, out_path, linker)
-        machine = elf_machine(out_path)
-        if machine != "aarch64":  # a linker that ignored the triple would hand the board an x86 library
-            raise TargetError(f"{linker} produced a {machine or 'non-ELF'} library, not aarch64: {out_path}")
-        return BuildInfo(kind=cls.kind, path=Path(out_path), target=str(target), settings=s,
-                         seconds=time.perf_counter() - start, compile_seconds=compiled - start,
-                         link_seconds=link_seconds, linker=str(linker))
+        return build_library(cls.kind, mod, cls.tvm_target(s), s, out_path, linker, machine="aarch64",
+                             database=database)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
@@ -54,6 +54,8 @@ class BuildInfo:
     compile_seconds: float
     link_seconds: float
     linker: str
+    #: which schedule rule (or tuning record) scheduled each kernel (CPU targets), else None
+    schedule: Any = field(default=None, compare=False)
 
     def to_json(self) -> Dict[str, Any]:
         """A JSON-ready dict for build reports (the target as a nested object, tuples as lists)."""
@@ -66,6 +68,8 @@ class BuildInfo:
             "compile_seconds": round(self.compile_seconds, 3),
             "link_seconds": round(self.link_seconds, 3),
             "linker": self.linker,
+            **({"schedule": {f.name: {"rule": f.rule, "macs": f.macs} for f in self.schedule.functions}}
+               if self.schedule is not None else {}),
         }
 
 

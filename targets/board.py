@@ -495,12 +495,7 @@ def run_on_board(lib_path: Union[str, Path], inputs: Sequence[np.ndarray], board
     :meth:`aglmc.targets.run.HostRunner.run`'s.
     """
     lib_path = Path(lib_path)
-    if not lib_path.is_file():
-        raise TargetError(f"no library at {lib_path}")
-    machine = elf_machine(lib_path)
-    if machine != BOARD_ARCH:
-        what = f"built for {machine}" if machine else "not an ELF shared library"
-        raise TargetError(f"{lib_path} is {what}; boards run {BOARD_ARCH} libraries (build with target arm)")
+    _check_arm_library(lib_path)
     deadline = time.monotonic() + timeout
     name = f"board {board}" if isinstance(board, (str, BoardSpec)) else "the board"
     step = ["connecting"]
@@ -549,6 +544,122 @@ def _flatten_remote(session, value) -> List[np.ndarray]:
     size = session.get_function("ffi.ArraySize")
     item = session.get_function("ffi.ArrayGetItem")
     return [a for i in range(int(size(value))) for a in _flatten_remote(session, item(value, i))]
+
+
+class BoardRunner:
+    """An arm library loaded once on a board, run on many inputs over one RPC session.
+
+    >>> with BoardRunner("build/digits/arm.so", "aglmc-emulated") as runner:
+    ...     (logits,) = runner.run([x])
+
+    Each call is bounded by ``timeout`` seconds; ``address`` says which board the tracker handed out.
+    """
+
+    def __init__(self, lib_path: Union[str, Path], board, *, timeout: float = 300.0, function: str = "main"):
+        self.lib_path = Path(lib_path)
+        _check_arm_library(self.lib_path)
+        self.spec = parse_board(board) if isinstance(board, str) else board
+        self.timeout = timeout
+        self.function = function
+        self._name = f"board {self.spec}"
+        step = ["connecting"]
+
+        def open_session():
+            # the board ends the session itself after an hour, should this process die without closing it
+            session = _connect(self.spec, timeout, session_timeout=3600)
+            step[0] = f"uploading {self.lib_path.name}"
+            remote_name = f"aglmc-{os.getpid()}-{id(self)}-{self.lib_path.name}"
+            session.upload(str(self.lib_path), target=remote_name)
+            step[0] = f"loading {self.lib_path.name}"
+            return session, session.load_module(remote_name)
+
+        self._session, lib = _bounded(open_session, timeout, self._name, step)
+        import tvm
+
+        self._device = self._session.cpu()
+        self._main = tvm.relax.VirtualMachine(lib, self._device)[function]
+
+    def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+        import tvm
+
+        step = ["copying the inputs"]
+
+        def work():
+            args = [tvm.runtime.tensor(np.ascontiguousarray(x), self._device) for x in inputs]
+            step[0] = f"running {self.function}"
+            result = self._main(*args)
+            step[0] = "copying the outputs"
+            return _flatten_remote(self._session, result)
+
+        return _bounded(work, self.timeout, self._name, step)
+
+    def board_id(self) -> str:
+        """The serving board's work folder: different for every board, so it tells the boards of a farm apart."""
+        return str(self._session.get_function("tvm.rpc.server.workpath")(""))
+
+    def close(self) -> None:
+        self._session = None
+        self._main = None
+
+    def __enter__(self) -> "BoardRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_batches_on_boards(lib_path: Union[str, Path], batches: Sequence[Sequence[np.ndarray]], board, *,
+                          jobs: int = 1, timeout: float = 300.0, served: Optional[Dict[str, int]] = None
+                          ) -> List[List[np.ndarray]]:
+    """Outputs of every batch, in order, spreading the batches over ``jobs`` boards of a tracker key (a farm).
+
+    Each worker holds its own session; the tracker hands each a different free board, so ``jobs`` should not
+    exceed the boards registered under the key (extra workers wait for a free board, up to ``timeout``).
+    ``served``, when given, is filled with the number of batches each board (by :meth:`BoardRunner.board_id`) ran.
+    """
+    import queue
+
+    todo: "queue.Queue[int]" = queue.Queue()
+    for i in range(len(batches)):
+        todo.put(i)
+    results: Dict[int, List[np.ndarray]] = {}
+    errors: List[BaseException] = []
+    lock = threading.Lock()
+
+    def worker():
+        try:
+            with BoardRunner(lib_path, board, timeout=timeout) as runner:
+                board_id = runner.board_id() if served is not None else ""
+                while not errors:
+                    try:
+                        i = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    results[i] = runner.run(batches[i])
+                    if served is not None:
+                        with lock:
+                            served[board_id] = served.get(board_id, 0) + 1
+        except BaseException as e:  # reported once, in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, name=f"aglmc-farm-{n}", daemon=True)
+               for n in range(max(1, min(jobs, len(batches))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [results[i] for i in range(len(batches))]
+
+
+def _check_arm_library(lib_path: Path) -> None:
+    if not lib_path.is_file():
+        raise TargetError(f"no library at {lib_path}")
+    machine = elf_machine(lib_path)
+    if machine != BOARD_ARCH:
+        what = f"built for {machine}" if machine else "not an ELF shared library"
+        raise TargetError(f"{lib_path} is {what}; boards run {BOARD_ARCH} libraries (build with target arm)")
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -1,25 +1,32 @@
-"""The one place where a Relax module becomes an executable.
+"""The one place where a Relax module becomes an executable for a CPU target.
 
-Every target compiles through :func:`compile_relax`, so swapping TVM's default pipeline for aglmc's own CPU
-pipeline (``aglmc.targets.cpu.compile_cpu``: legalize, fuse, schedule the kernels) is a change to this file only.
+Every CPU target (host, arm) compiles through :func:`compile_relax`, which runs aglmc's own CPU pipeline
+(:func:`aglmc.targets.cpu.compile_cpu`: legalize, fuse, schedule every kernel with the default rules, prepack
+weights) rather than ``tvm.compile``'s, which on CPUs neither fuses, parallelizes nor vectorizes.
 """
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import tvm
 
-from aglmc.errors import TargetError
+from aglmc.errors import AglmcError, TargetError
 
 
-def compile_relax(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.relax.VMExecutable:
-    """Compile ``mod`` for ``tvm_target`` into a Relax VM executable (not yet linked).
+def compile_relax(mod: tvm.IRModule, tvm_target: tvm.target.Target, *, database=None
+                  ) -> Tuple[tvm.relax.VMExecutable, Optional["ScheduleReport"]]:  # noqa: F821
+    """Compile ``mod`` for the LLVM ``tvm_target`` into a Relax VM executable (not yet linked) and the report
+    of which schedule rule (or tuning record, with a MetaSchedule ``database``) scheduled each kernel.
 
-    Runs under ``with tvm_target:`` because passes that pick schedules (dlight, MetaSchedule's database
-    lookups) read the current target. A TVM failure becomes a TargetError carrying TVM's first message line.
+    A TVM failure becomes a TargetError carrying TVM's most telling message line.
     """
+    from aglmc.targets.cpu import compile_cpu
+
     try:
-        with tvm_target:
-            return tvm.compile(mod, target=tvm_target)
+        return compile_cpu(mod, tvm_target, database=database)
+    except AglmcError:
+        raise
     except Exception as e:  # TVM raises plain TVMError/RuntimeError subclasses; name the target, keep the cause
         raise TargetError(f"TVM could not compile the model for {tvm_target.kind.name} "
                           f"({_target_brief(tvm_target)}): {error_summary(e)}") from e

@@ -6,7 +6,6 @@ Used to check a build against the original model before it goes to a board, and 
 from __future__ import annotations
 
 import re
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -15,9 +14,8 @@ import tvm
 
 from aglmc.dsl.params import Param
 from aglmc.targets.base import BuildInfo, Target, register_target
-from aglmc.targets.compile import compile_relax
-from aglmc.targets.llvm import check_features, cpu_check, usable_cores
-from aglmc.targets.toolchain import export_library, host_linker
+from aglmc.targets.llvm import build_library, check_features, cpu_check, usable_cores
+from aglmc.targets.toolchain import host_linker
 
 # CPU model names (from /proc/cpuinfo) that LLVM's detection gets wrong. Hypervisors often pass through the
 # instruction set of a new CPU with an old or made-up model number: this machine reports model 167, which LLVM
@@ -97,14 +95,6 @@ class HostTarget(Target):
         return tvm.target.Target(spec)
 
     @classmethod
-    def build(cls, mod: tvm.IRModule, settings: Mapping[str, Any], out_path: Path) -> BuildInfo:
+    def build(cls, mod: tvm.IRModule, settings: Mapping[str, Any], out_path: Path, *, database=None) -> BuildInfo:
         s = cls.resolve(settings)
-        target = cls.tvm_target(s)
-        linker = host_linker()
-        start = time.perf_counter()
-        executable = compile_relax(mod, target)
-        compiled = time.perf_counter()
-        link_seconds = export_library(executable, out_path, linker)
-        return BuildInfo(kind=cls.kind, path=Path(out_path), target=str(target), settings=s,
-                         seconds=time.perf_counter() - start, compile_seconds=compiled - start,
-                         link_seconds=link_seconds, linker=str(linker))
+        return build_library(cls.kind, mod, cls.tvm_target(s), s, out_path, host_linker(), database=database)

@@ -1,11 +1,13 @@
-"""Checks of LLVM CPU settings shared by the CPU targets (host, arm)."""
+"""What the LLVM CPU targets (host, arm) share: setting checks, and compiling + linking a library."""
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Sequence
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
 
-from aglmc.errors import did_you_mean
+from aglmc.errors import TargetError, did_you_mean
 
 
 def usable_cores() -> int:
@@ -37,3 +39,24 @@ def cpu_check(triple: Optional[str]) -> Callable[[str], Optional[str]]:
         return None
 
     return check
+
+
+def build_library(kind: str, mod, tvm_target, settings: Mapping[str, Any], out_path: Path, linker,
+                  machine: Optional[str] = None, database=None):
+    """Compile ``mod`` with aglmc's CPU pipeline, link it with ``linker`` into ``out_path`` (atomically) and
+    check the ELF machine is ``machine`` (a linker that ignored the triple would hand a board an x86 library).
+    """
+    from aglmc.targets.base import BuildInfo
+    from aglmc.targets.compile import compile_relax
+    from aglmc.targets.toolchain import elf_machine, export_library
+
+    start = time.perf_counter()
+    executable, schedule = compile_relax(mod, tvm_target, database=database)
+    compiled = time.perf_counter()
+    link_seconds = export_library(executable, out_path, linker)
+    if machine is not None and elf_machine(out_path) != machine:
+        raise TargetError(f"{linker} produced a {elf_machine(out_path) or 'non-ELF'} library, not {machine}: "
+                          f"{out_path}")
+    return BuildInfo(kind=kind, path=Path(out_path), target=str(tvm_target), settings=dict(settings),
+                     seconds=time.perf_counter() - start, compile_seconds=compiled - start,
+                     link_seconds=link_seconds, linker=str(linker), schedule=schedule)

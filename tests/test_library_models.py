@@ -49,7 +49,7 @@ def tvm_run(gm, args):
     from aglmc.targets.frontend import relax_from_torch
     from aglmc.targets.host import HostTarget
 
-    ex = compile_relax(relax_from_torch(gm, args), HostTarget.tvm_target(HostTarget.resolve({"threads": 1})))
+    ex, _ = compile_relax(relax_from_torch(gm, args), HostTarget.tvm_target(HostTarget.resolve({"threads": 1})))
     out = tvm.relax.VirtualMachine(ex, tvm.cpu())["main"](*[tvm.runtime.tensor(a.numpy()) for a in args])
     return (out if hasattr(out, "numpy") else out[0]).numpy()
 

@@ -1,0 +1,267 @@
+"""The register-tiled GEMM kernel that the matmul and conv2d rules schedule onto.
+
+Any block of the form ``C[S, I, J] += A[S, I, K] * B[S, J, K]`` (after TVM's reindexing: batch matmul,
+dense, conv2d read as im2col) becomes::
+
+    parallel for s, panel:                     # column panels of NR vector-side elements
+      [pack the stream operand's panel: K x NR, contiguous]   (or at compile time, for constants)
+      for tile:                                # MR rows of the broadcast side
+        acc[MR, NR] = 0                        # MR * NR / lanes vector registers
+        for k:                                 # k outside the tile: one load of NR per k ...
+          for r in unroll(MR):                 # ... reused by MR broadcast FMAs
+            for v in vectorized(NR):
+              acc[r, v] += bcast[r, k] * panel[k, v]
+        C[tile] = epilogue(acc)                # bias, activation, residual folded into the store
+
+"Vector side" is whichever of I and J holds the output's innermost (contiguous) axis: J for a matmul,
+the pixels (I) for an NCHW convolution. Its operand is the *stream* operand and is packed into
+``[S, V/NR, K, NR]`` panels; the other is the *broadcast* operand. Padding (``pad_einsum``) rounds V up to
+NR and the other side up to MR, so every tile is whole: the kernel never carries a predicate and every
+write-back is a box (the cache_write/reverse_compute_at trap of shared/PERF.md cannot occur). Padding of
+constant operands happens at compile time with the packing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.gpu.matmul import IterKind, IterTrait, detect_iter_traits, make_iter_fusion_index_map
+from tvm.s_tir.schedule import SBlockRV
+
+from ..isa import VectorISA
+from .base import (
+    inline_spatial_consumers,
+    inline_spatial_producers,
+    layout_free_params,
+    root_blocks,
+    static_extent,
+)
+from .loops import schedule_loop_nest
+
+PREPROC = "meta_schedule.layout_rewrite_preproc"
+"""Block annotation that makes ``SplitLayoutRewritePreproc`` move a block out to run on constants."""
+
+
+@dataclass(frozen=True)
+class RegisterTile:
+    """An MR x NR accumulator tile: MR broadcast rows by NR = vectors x lanes stream columns.
+
+    Half the register file holds accumulators on 32-register ISAs (AVX-512, NEON): 4 rows x 4 vectors,
+    the 4 x 64 tile that measured fastest on AVX-512 (shared/PERF.md: 167 GFLOP/s, 96 % of MKL; 8 x 32 was
+    close). With 16 registers (AVX2, SSE) 12 accumulators leave room for the stream loads and one
+    broadcast: the classic 6 x 16 AVX2 kernel. Small problems shrink the tile rather than pad it far.
+    """
+
+    mr: int
+    nr: int
+
+    @staticmethod
+    def for_problem(isa: VectorISA, dtype: str, vector_extent: int, row_extent: int) -> RegisterTile:
+        """The tile for a GEMM whose vector side has ``vector_extent`` and other side ``row_extent``."""
+        lanes = isa.lanes(dtype)
+        accumulators = isa.registers // 2 if isa.registers >= 32 else isa.registers - 4
+        vectors = 4 if isa.registers >= 32 else 2
+        vectors = max(1, min(vectors, -(-vector_extent // lanes)))
+        mr = max(1, min(accumulators // vectors, 8, row_extent))
+        return RegisterTile(mr=mr, nr=vectors * lanes)
+
+
+@dataclass(frozen=True)
+class GemmMatch:
+    """A block that reads as a GEMM, and which of its operands is on the vector side."""
+
+    block: SBlockRV
+    vector_side: IterKind  # kIter_I or kIter_J
+
+
+def gemm_traits(block: s_tir.SBlock) -> tuple[list[IterTrait], ...] | None:
+    """TVM's ``detect_iter_traits``, also accepting a GEMM whose I axis has extent 1 (batch-1 dense).
+
+    TVM's detector marks every unit iterator trivial and then wants I, J and K; a dense layer on one
+    row has no I left. Here a unit iterator that indexes A and C becomes I, so the same kernel runs with
+    MR = 1 instead of leaving the commonest layer of a classifier or decoder to the fallback.
+    """
+    traits = detect_iter_traits(block)
+    if traits is not None or len(block.reads) != 2 or len(block.writes) != 1:
+        return traits
+    a_vars, b_vars, c_vars = (_index_vars(region) for region in (*block.reads, block.writes[0]))
+    units = [iv for iv in block.iter_vars if isinstance(iv.dom.extent, tirx.IntImm) and iv.dom.extent.value == 1]
+    as_i = [iv for iv in units if iv.var in a_vars and iv.var in c_vars and iv.var not in b_vars]
+    if not as_i:
+        return None
+    # Re-run TVM's detector on a copy of the block whose unit I iterator has extent 2: only the kinds
+    # matter, and the extent is restored below.
+    widened = [
+        tirx.IterVar(_range(str(iv.dom.extent.ty), 2), iv.var, iv.iter_type) if iv.same_as(as_i[0]) else iv
+        for iv in block.iter_vars
+    ]
+    traits = detect_iter_traits(_with_iter_vars(block, widened))
+    if traits is None:
+        return None
+    restore = {id(t) for t in traits[3] if t.kind == IterKind.kIter_I}
+    for group in traits:
+        for trait in group:
+            if id(trait) in restore:
+                trait.extent = as_i[0].dom.extent
+    return traits
+
+
+def _index_maps(traits: tuple[list[IterTrait], ...]) -> tuple[tirx.IndexMap, ...]:
+    """Index maps to the normal form: block (s, i, j, k), A' [s, i, k], B' [s, j, k], C' [s, i, j]."""
+    a_traits, b_traits, c_traits, block_traits = traits
+    S, I, J, K = IterKind.kIter_S, IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K
+    return (
+        make_iter_fusion_index_map(block_traits, [S, I, J, K]),
+        make_iter_fusion_index_map(a_traits, [S, I, K]),
+        make_iter_fusion_index_map(b_traits, [S, J, K]),
+        make_iter_fusion_index_map(c_traits, [S, I, J]),
+    )
+
+
+def _range(dtype: str, extent: int) -> tvm.ir.Range:
+    return tvm.ir.Range(tirx.IntImm(dtype, 0), tirx.IntImm(dtype, extent))
+
+
+def _index_vars(region) -> set:
+    return {v for rng in region.region for v in tirx.analysis.undefined_vars(rng.min)}
+
+
+def _with_iter_vars(block: s_tir.SBlock, iter_vars: list) -> s_tir.SBlock:
+    return s_tir.SBlock(
+        iter_vars, block.reads, block.writes, block.name_hint, block.body, block.init,
+        block.alloc_buffers, block.match_buffers, block.annotations,
+    )
+
+
+def match_gemm(sch: s_tir.Schedule, block: SBlockRV) -> GemmMatch | str:
+    """Check that ``block`` is ``C[S, I, J] += A[S, I, K] * B[S, J, K]``; return the match or why not."""
+    stmt = sch.get(block)
+    traits = gemm_traits(stmt)
+    if traits is None:
+        return "not C[S,I,J] += A[S,I,K] * B[S,J,K]"
+    if not isinstance(stmt.body, tirx.BufferStore) or not _is_multiply_accumulate(stmt.body):
+        return "update is not a multiply-accumulate"
+    dtype = str(stmt.writes[0].source.dtype)
+    if dtype not in ("float32", "float16"):
+        return f"accumulates in {dtype}"
+    *_, block_traits = traits
+    inner_index = stmt.writes[0].region[-1].min
+    kinds = {iv.var: trait.kind for iv, trait in zip(stmt.iter_vars, block_traits)}
+    inner_vars = [v for v in tirx.analysis.undefined_vars(inner_index) if v in kinds]
+    if len(inner_vars) != 1 or kinds[inner_vars[0]] not in (IterKind.kIter_I, IterKind.kIter_J):
+        return "output's innermost axis is neither I nor J"
+    return GemmMatch(block, kinds[inner_vars[0]])
+
+
+def _is_multiply_accumulate(store: tirx.BufferStore) -> bool:
+    value = store.value
+    if isinstance(value, tirx.Add):
+        terms = (value.a, value.b)
+        return any(isinstance(t, tvm.ir.TensorLoad) and t.source.same_as(store.buffer) for t in terms) and any(
+            isinstance(_strip_cast(t), tirx.Mul) for t in terms
+        )
+    return False
+
+
+def _strip_cast(expr: tirx.Expr) -> tirx.Expr:
+    return expr.value if isinstance(expr, tirx.Cast) else expr
+
+
+def schedule_gemm(sch: s_tir.Schedule, match: GemmMatch, isa: VectorISA) -> str | None:
+    """Schedule a matched GEMM block and its epilogues as the kernel above; return why not when it cannot."""
+    main = match.block
+    constants = layout_free_params(sch)
+    dtype = str(sch.get(main).writes[0].source.dtype)
+
+    # 1. Normal form: loops (s, i, j, k) over reindexed A'[s,i,k], B'[s,j,k], C'[s,i,j].
+    a_re = sch.reindex(main, ("read", 0))
+    b_re = sch.reindex(main, ("read", 1))
+    c_re = sch.reindex(main, ("write", 0))
+    block_map, a_map, b_map, c_map = _index_maps(gemm_traits(sch.get(main)))
+    sch.transform_layout(a_re, ("write", 0), a_map)
+    sch.transform_layout(b_re, ("write", 0), b_map)
+    sch.transform_layout(c_re, ("read", 0), c_map)
+    sch.transform_block_layout(main, block_map)
+    # The operand copies must iterate over (s, i|j, k) too: their original iteration space is the im2col
+    # window (y, x, c, ...), over which compute_at of a pixel panel infers a wrong (too small) box.
+    sch.transform_block_layout(a_re, a_map)
+    sch.transform_block_layout(b_re, b_map)
+    _, i_loop, j_loop, _ = sch.get_loops(main)
+
+    # 2. Tile sizes, then padding so that every tile is whole.
+    vector_on_j = match.vector_side == IterKind.kIter_J
+    v_extent = static_extent(sch, j_loop if vector_on_j else i_loop)
+    m_extent = static_extent(sch, i_loop if vector_on_j else j_loop)
+    if v_extent is None or m_extent is None:
+        return "dynamic I or J extent"
+    tile = RegisterTile.for_problem(isa, dtype, v_extent, m_extent)
+    pad_i, pad_j = (tile.mr, tile.nr) if vector_on_j else (tile.nr, tile.mr)
+    sch.pad_einsum(main, [1, pad_i, pad_j, 1])
+    a_pack = _merge_into_pack(sch, main, a_re)
+    b_pack = _merge_into_pack(sch, main, b_re)
+    stream, bcast = (b_pack, a_pack) if vector_on_j else (a_pack, b_pack)
+
+    # 3. Loops: s, panel, tile, k, r (unrolled), v (vectorised).
+    s_loop, i_loop, j_loop, k_loop = sch.get_loops(main)
+    v_loop, m_loop = (j_loop, i_loop) if vector_on_j else (i_loop, j_loop)
+    panel, v_in = sch.split(v_loop, [None, tile.nr])
+    row_tile, r_in = sch.split(m_loop, [None, tile.mr])
+    sch.reorder(s_loop, panel, row_tile, k_loop, r_in, v_in)
+
+    # 4. Accumulate in registers; fold the unpadding, the C' reindex and the epilogue into the write-back.
+    acc_out = sch.cache_write(main, 0, "local")
+    if not vector_on_j:  # keep the accumulator's vector side contiguous: [s, j, i]
+        sch.transform_layout(main, ("write", 0), lambda s, i, j: (s, j, i))
+    sch.reverse_compute_at(acc_out, row_tile, preserve_unit_loops=True)
+    inline_spatial_consumers(sch, acc_out)
+    wb_r, wb_v = sch.get_loops(acc_out)[-2:]
+    if not vector_on_j:
+        sch.reorder(wb_v, wb_r)
+    sch.vectorize(sch.get_loops(acc_out)[-1])
+
+    # 5. Operands: the stream operand in [S, V/NR, K, NR] panels; constants packed at compile time.
+    sch.transform_layout(stream, ("write", 0), lambda s, v, k: (s, v // tile.nr, k, v % tile.nr))
+    if _reads_only(sch, bcast, constants):
+        sch.annotate(bcast, PREPROC, True)
+    else:
+        sch.compute_inline(bcast)
+    sch.unroll(r_in)
+    sch.vectorize(v_in)
+    outer = sch.fuse(s_loop, panel)
+    if _reads_only(sch, stream, constants):
+        sch.annotate(stream, PREPROC, True)
+        if isa.parallel:
+            sch.parallel(sch.fuse(outer, row_tile))
+    else:
+        sch.compute_at(stream, outer, preserve_unit_loops=True)
+        v_copy, k_copy = sch.get_loops(stream)[-2:]
+        sch.reorder(k_copy, v_copy)  # write the panel row by row, NR contiguous lanes at a time
+        sch.vectorize(v_copy)
+        if isa.parallel:
+            sch.parallel(outer)
+    sch.decompose_reduction(main, k_loop)
+    # An epilogue that could not be folded into the write-back (a value read twice) runs on its own.
+    kernel_nest = sch.get(sch.get_loops(main)[0])
+    for block in root_blocks(sch):
+        loops = sch.get_loops(block)
+        if loops and not sch.get(loops[0]).same_as(kernel_nest) and PREPROC not in sch.get(block).annotations:
+            schedule_loop_nest(sch, block, isa)
+    return None
+
+
+def _merge_into_pack(sch: s_tir.Schedule, main: SBlockRV, reindex: SBlockRV) -> SBlockRV:
+    """One block that produces an operand of ``main``: reindex, padding and producers such as pad_temp."""
+    pack = reindex
+    consumer = sch.get_consumers(reindex)[0]
+    if not sch.get(consumer).same_as(sch.get(main)):  # pad_einsum put a padding block in between
+        sch.compute_inline(reindex)
+        pack = consumer
+    inline_spatial_producers(sch, pack)
+    return pack
+
+
+def _reads_only(sch: s_tir.Schedule, block: SBlockRV, buffers: list[tirx.Var]) -> bool:
+    reads = [region.source for region in sch.get(block).reads]
+    return bool(reads) and all(any(buf.same_as(c) for c in buffers) for buf in reads)

@@ -1,0 +1,79 @@
+"""The sliding-window kernel shared by depthwise convolution and pooling.
+
+For a block ``out[n, c, y, x] (+)= f(in[n, c, y*s + ry, x*s + rx] (, w[c, ry, rx]))`` (NCHW)::
+
+    parallel for n, c:
+      pad[c] = padded input plane of channel c          # only this plane: it stays in cache
+      for y:
+        for xo:
+          out[y, xo*W : xo*W+W] = init
+          for ry, rx in unroll(window):
+            for xi in vectorized(W):                     # W divides the row: no tail, no predicate
+              out[y, xo*W + xi] (+)= ...
+        epilogue(out[y, :])                              # bias, activation on the finished row
+
+Accumulation happens in the output itself: the window loops are fully unrolled, so LLVM keeps the
+W-wide accumulator in a register across them. The epilogue is attached per row, a box in the output,
+so attaching it cannot overwrite neighbouring rows (shared/PERF.md, "Traps").
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+from tvm.s_tir.schedule import SBlockRV
+
+from ..isa import VectorISA
+from .base import inline_spatial_consumers, is_spatial, static_extent
+from .loops import schedule_loop_nest, spatial_loop_flags, vector_width
+
+MAX_UNROLLED_WINDOW = 64
+"""Largest window (kernel height x width) that is fully unrolled."""
+
+
+def schedule_window(sch: s_tir.Schedule, main: SBlockRV, isa: VectorISA) -> str | None:
+    """Schedule a 4-D NCHW window reduction ``main`` and its pad producer and epilogue consumers."""
+    loops = sch.get_loops(main)
+    flags = spatial_loop_flags(sch, main)
+    spatial = [loop for loop, f in zip(loops, flags) if f]
+    window = [loop for loop, f in zip(loops, flags) if not f]
+    if len(spatial) != 4 or flags != sorted(flags, reverse=True):
+        return "not a 4-D output with the window loops innermost"
+    extents = [static_extent(sch, loop) for loop in loops]
+    if None in extents:
+        return "dynamic extents"
+    n_loop, c_loop, y_loop, x_loop = spatial
+    dtype = str(sch.get(main).writes[0].source.dtype)
+    width = vector_width(extents[3], isa.lanes(dtype))
+    if width is not None and width < extents[3]:
+        xo, xi = sch.split(x_loop, [None, width])
+    else:
+        xo, xi = None, x_loop
+    sch.reorder(*([xo] if xo is not None else []), *window, xi)
+    window_size = 1
+    for loop in window:
+        window_size *= static_extent(sch, loop)
+    if window_size <= MAX_UNROLLED_WINDOW:
+        for loop in window:
+            sch.unroll(loop)
+    if width is not None:
+        sch.vectorize(xi)
+
+    for producer in sch.get_producers(main):
+        if is_spatial(sch, producer):
+            sch.compute_at(producer, c_loop, preserve_unit_loops=True)
+            schedule_loop_nest(sch, producer, single_core(isa))
+    consumers = sch.get_consumers(main)
+    if consumers:
+        epilogue = consumers[0]
+        inline_spatial_consumers(sch, epilogue)
+        sch.reverse_compute_at(epilogue, y_loop, preserve_unit_loops=True)
+        schedule_loop_nest(sch, epilogue, single_core(isa))
+    if isa.parallel:
+        sch.parallel(sch.fuse(n_loop, c_loop))
+    sch.decompose_reduction(main, window[0])
+    return None
+
+
+def single_core(isa: VectorISA) -> VectorISA:
+    """The same ISA with one core: for loop nests that already sit inside a parallel loop."""
+    return VectorISA(isa.name, isa.vector_bits, isa.registers, 1)
