@@ -50,11 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--plugin", action="append", type=Path, default=[], metavar="FILE.py")
     c.add_argument("--quiet", "-q", action="store_true", help="print nothing when the schedule is fine")
 
-    r = sub.add_parser("run", help="run an artifact's host library on inputs",
-                       description="Run the host library of an artifact on a .npy (one-input models) or .npz "
-                                   "(arrays named like the model's inputs) file and print or save the outputs.")
+    r = sub.add_parser("run", help="run an artifact on inputs, on the host or on ARM boards",
+                       description="Run an artifact's host library, or its arm library on a board, on one input "
+                                   "(--input: .npy for one-input models, .npz with arrays named like the "
+                                   "inputs) or on a data set (--dataset: .npz, samples first), and print or "
+                                   "save the outputs.")
     r.add_argument("artifact", type=Path, help="the folder `aglmc build` wrote")
-    r.add_argument("--input", "-i", type=Path, required=True, metavar="FILE.npy|FILE.npz")
+    what = r.add_mutually_exclusive_group(required=True)
+    what.add_argument("--input", "-i", type=Path, metavar="FILE.npy|FILE.npz", help="one input")
+    what.add_argument("--dataset", type=Path, metavar="FILE.npz",
+                      help="many inputs: one array per model input, samples first (as a schedule's data set)")
+    r.add_argument("--board", metavar="KEY|KEY@HOST:PORT|HOST:PORT",
+                   help="run the arm library on this board (a key at a tracker, or a server's address)")
+    r.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="with --board KEY and --dataset: use N boards of the key in parallel (a farm)")
+    r.add_argument("--compare", action="store_true",
+                   help="also run the host library and print the max-abs difference")
+    r.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="give up on a board after this long (default 300)")
     r.add_argument("--output", type=Path, metavar="FILE.npz", help="save the outputs here")
 
     i = sub.add_parser("inspect", help="op counts, parameters, MACs and a per-layer table",
@@ -62,6 +75,24 @@ def _parser() -> argparse.ArgumentParser:
                                    "an artifact folder.")
     i.add_argument("target", help="MODEL.onnx | model.py:factory | SCHEDULE.sched | ARTIFACT_DIR")
     i.add_argument("--layers", type=int, default=40, help="rows of the per-layer table (default 40)")
+
+    bd = sub.add_parser("board", help="start, stop and list ARM boards (an emulated one, or real ones at a tracker)",
+                        description="Boards are reached through TVM's RPC tracker. `board start --emulated` sets up "
+                                    "(once, in ~/.cache/aglmc/board) an aarch64 Python with TVM's runtime under "
+                                    "qemu-user, starts a tracker on 127.0.0.1 and TVM's RPC server under it, "
+                                    "registered under KEY. Real boards run TVM's own server: "
+                                    "`python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY`.")
+    bsub = bd.add_subparsers(dest="board_command", metavar="ACTION", required=True)
+    bs = bsub.add_parser("start", help="start an emulated board (again for a second board under the same key)")
+    bs.add_argument("--emulated", action="store_true", required=True,
+                    help="an aarch64 board emulated by qemu-user on this machine")
+    bs.add_argument("--key", default="aglmc-emulated", help="the tracker key (default aglmc-emulated)")
+    bs.add_argument("--tracker-port", type=int, default=9190, help="the local tracker's port (default 9190)")
+    bs.add_argument("--cpu", default="cortex-a76", help="the emulated core (default cortex-a76)")
+    bst = bsub.add_parser("stop", help="stop the boards this machine started (and their tracker)")
+    bst.add_argument("--key", help="only the boards under this key")
+    bl = bsub.add_parser("list", help="what the tracker knows: keys, boards, free boards")
+    bl.add_argument("--tracker", default="127.0.0.1:9190", metavar="HOST:PORT")
 
     ps = sub.add_parser("passes", help="list the passes a schedule can use, with their parameters")
     ps.add_argument("--plugin", action="append", type=Path, default=[], metavar="FILE.py")

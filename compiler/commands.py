@@ -86,16 +86,61 @@ def load_inputs(path: Path, specs: List[dict]) -> List[np.ndarray]:
     return arrays
 
 
+def _library(artifact: Path, manifest: dict, kind: str) -> Path:
+    lib = next((t["library"] for t in manifest.get("targets", []) if t["kind"] == kind), None)
+    if lib is None:
+        raise ArtifactError(f"{artifact} has no {kind} library (it has: "
+                            f"{', '.join(t['kind'] for t in manifest.get('targets', []))})",
+                            hint=f"add `target {kind}` to the schedule and build again")
+    return artifact / lib
+
+
+def load_dataset_file(path: Path, specs: List[dict]) -> List[List[np.ndarray]]:
+    """The batches of an .npz data set (samples first), checked against the manifest's inputs."""
+    from aglmc.compiler.data import dataset_from_arrays
+    from aglmc.compiler.tensors import TensorSpec
+
+    if not path.is_file() or path.suffix != ".npz":
+        raise ArtifactError(f"--dataset needs an .npz file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read {path}: {e}") from e
+    tensor_specs = [TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in specs]
+    dataset = dataset_from_arrays(path.name, arrays, tensor_specs,
+                                  lambda message, hint=None: ArtifactError(f"{path.name}: {message}", hint=hint))
+    return [batch for batch, _ in dataset.batches(tensor_specs)]
+
+
 def cmd_run(args) -> int:
     from aglmc.compiler.artifact import read_manifest
-    from aglmc.targets.run import HostRunner
+    from aglmc.compiler.verify import Outputs, max_abs
 
     manifest = read_manifest(args.artifact)
-    host = next((t for t in manifest.get("targets", []) if t["kind"] == "host"), None)
-    if host is None:
-        raise ArtifactError(f"{args.artifact} has no host library")
-    arrays = load_inputs(args.input, manifest["inputs"])
-    outputs = HostRunner(args.artifact / host["library"]).run(arrays)
+    batches = ([load_inputs(args.input, manifest["inputs"])] if args.input is not None
+               else load_dataset_file(args.dataset, manifest["inputs"]))
+    host_lib = _library(args.artifact, manifest, "host")
+    if args.board:
+        from aglmc.targets.board import run_batches_on_boards
+
+        served: Dict[str, int] = {}
+        chunks = run_batches_on_boards(_library(args.artifact, manifest, "arm"), batches, args.board,
+                                       jobs=args.jobs, timeout=args.timeout, served=served)
+        print(f"ran {len(batches)} input(s) on {len(served)} board(s) of {args.board}: "
+              + ", ".join(f"{n} on {Path(b).parent.name or b}" for b, n in sorted(served.items())))
+    else:
+        from aglmc.targets.run import HostRunner
+
+        runner = HostRunner(host_lib)
+        chunks = [runner.run(b) for b in batches]
+    outputs = Outputs.concat(chunks).arrays
+    if args.compare and args.board:
+        from aglmc.targets.run import HostRunner
+
+        runner = HostRunner(host_lib)
+        host = Outputs.concat([runner.run(b) for b in batches])
+        print(f"max-abs difference board vs host: {max_abs(Outputs(outputs), host):.3g}")
     names = [o["name"] for o in manifest["outputs"]]
     for name, out in zip(names, outputs):
         flat = out.reshape(-1)
@@ -107,6 +152,26 @@ def cmd_run(args) -> int:
     if args.output:
         np.savez(args.output, **dict(zip(names, outputs)))
         print(f"saved {args.output}")
+    return 0
+
+
+def cmd_board(args) -> int:
+    from aglmc.targets import board
+
+    if args.board_command == "start":
+        info = board.start_emulated(args.key, tracker_port=args.tracker_port, cpu=args.cpu)
+        print(f"board '{info.key}' is up: tracker 127.0.0.1:{args.tracker_port}; use --board {info.key} "
+              f"or board = \"{info.key}@127.0.0.1:{args.tracker_port}\" in a target arm block")
+        return 0
+    if args.board_command == "stop":
+        stopped = board.stop(args.key)
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        return 0
+    statuses = board.list_boards(args.tracker)
+    if not statuses:
+        print(f"the tracker at {args.tracker} knows no boards")
+    for st in statuses:
+        print(f"{st.key}: {st.boards} board(s), {st.free} free")
     return 0
 
 

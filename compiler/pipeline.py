@@ -9,6 +9,7 @@ writes it (and the Relax module) to numbered files whose names are the step name
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import platform
 import time
@@ -85,6 +86,17 @@ class Verification:
     #: median host latency of the built library, and of the same model built without the schedule's passes
     latency_ms: Optional[float] = None
     baseline_latency_ms: Optional[float] = None
+    #: the same evaluation run on boards (target blocks with ``board = ...``)
+    boards: List["BoardCheck"] = field(default_factory=list)
+
+
+@dataclass
+class BoardCheck:
+    target: str
+    board: str
+    error_vs_original: float
+    error_vs_host: float
+    metric: Optional[float]
 
 
 @dataclass
@@ -158,6 +170,13 @@ def build(sched_path: Path, options: BuildOptions) -> BuildResult:
         host = next(r for r in target_records if r.kind == "host")
         compiled = steps.run("verify on host", _run_library, stage / host.library, evaluation.batches())
         verification = _verify(checked, evaluation, original, transformed, compiled)
+        for record in target_records:
+            board = record.info.settings.get("board") if record.info is not None else None
+            if board:
+                outputs = steps.run(f"verify {record.kind} on board {board}", _run_on_board, stage / record.library,
+                                    board, record.info.settings.get("board_jobs", 1), evaluation)
+                verification.boards.append(_board_check(record.kind, board, outputs, original, compiled,
+                                                        evaluation, checked))
         verification.latency_ms = steps.run("time host library", _latency, stage / host.library, host, model)
         if baseline_mod is not None and any(p.result.changed for p in passes):
             verification.baseline_latency_ms = steps.run("time host library without passes", _baseline_latency,
@@ -301,6 +320,25 @@ def _run_library(path: Path, batches) -> Outputs:
     return Outputs.collect(runner.run, batches)
 
 
+def _run_on_board(path: Path, board: str, jobs: int, evaluation: "_Evaluation") -> Outputs:
+    from aglmc.targets.board import run_batches_on_boards
+
+    batches = [arrays for arrays, _ in evaluation.batches()]
+    return Outputs.concat(run_batches_on_boards(path, batches, board, jobs=jobs))
+
+
+def _board_check(kind: str, board: str, outputs: Outputs, original: Outputs, host: Outputs,
+                 evaluation: "_Evaluation", checked: CheckedSchedule) -> "BoardCheck":
+    metric = checked.evaluation.metric if checked.evaluation is not None else "none"
+    check = BoardCheck(kind, board, max_abs(outputs, original), max_abs(outputs, host),
+                       metric_value(metric, outputs, evaluation.labels(), original))
+    bound = LOWERING_RTOL * max(1.0, scale(host))
+    if check.error_vs_host > bound:
+        raise VerifyError(f"the {kind} library on board {board} differs from the host library by "
+                          f"{check.error_vs_host:.3g} (max-abs), more than {bound:.3g}")
+    return check
+
+
 def _latency(path: Path, host: TargetRecord, model: Model) -> float:
     from aglmc.targets.run import HostRunner
 
@@ -384,6 +422,8 @@ def _info_json(info) -> dict:
 
 
 def _jsonable(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(vars(value))
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -69,12 +69,15 @@ class Outputs:
 
     @staticmethod
     def collect(run: Callable[[Sequence[np.ndarray]], List[np.ndarray]], batches) -> "Outputs":
-        chunks: List[List[np.ndarray]] = []
-        for arrays, _ in batches:
-            chunks.append([np.asarray(o) for o in run(arrays)])
+        """Run every ``(arrays, labels)`` batch through ``run``."""
+        return Outputs.concat([run(arrays) for arrays, _ in batches])
+
+    @staticmethod
+    def concat(chunks: Sequence[Sequence[np.ndarray]]) -> "Outputs":
+        """Per-batch output lists joined along the batch axis."""
         if not chunks:
             return Outputs([])
-        return Outputs([np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))])
+        return Outputs([np.concatenate([np.asarray(c[i]) for c in chunks]) for i in range(len(chunks[0]))])
 
 
 def max_abs(a: Outputs, b: Outputs) -> float:

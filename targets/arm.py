@@ -49,6 +49,11 @@ class ArmTarget(Target):
               doc="the board's cores the kernels are scheduled for (TVM's num-cores)"),
         Param("linker", "enum", default="zig", choices=LINKERS,
               doc="zig (the ziglang package, no system packages) or gcc (Debian's g++-aarch64-linux-gnu)"),
+        Param("board", "str", default="",
+              doc="verify the library on this board after building: KEY@HOST:PORT (a tracker), HOST:PORT or KEY "
+                  "(at the local tracker); empty: no board"),
+        Param("board_jobs", "int", default=1, min=1,
+              doc="boards of the key used in parallel for that verification (a farm)"),
     )
 
     @classmethod

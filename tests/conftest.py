@@ -72,3 +72,24 @@ def _restore_pass_registry():
     yield
     base._REGISTRY.clear()
     base._REGISTRY.update(saved)
+
+
+@pytest.fixture(scope="session")
+def emulated_board():
+    """One emulated aarch64 board for the whole test session, under a key of its own at a tracker on a free port.
+
+    Without qemu-user or the arm64 packages the board tests skip with the reason, unless AGLMC_REQUIRE_BOARD=1
+    (CI), where a missing board is a failure.
+    """
+    from aglmc.errors import TargetError
+    from aglmc.targets import board
+
+    key = f"aglmc-test-{os.getpid()}"
+    try:
+        info = board.start_emulated(key, tracker_port=None, timeout=300)
+    except TargetError as e:
+        if os.environ.get("AGLMC_REQUIRE_BOARD") == "1":
+            raise
+        pytest.skip(f"no emulated board: {e.render()}")
+    yield info
+    board.stop(key)

@@ -62,20 +62,6 @@ def build_both(mod, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the board
-@pytest.fixture(scope="session")
-def emulated_board():
-    """One emulated board for the whole session, under a key of its own at a tracker on a free port."""
-    key = f"aglmc-test-{os.getpid()}"
-    try:
-        info = board.start_emulated(key, tracker_port=None, timeout=300)
-    except TargetError as e:
-        if os.environ.get("AGLMC_REQUIRE_BOARD") == "1":
-            raise
-        pytest.skip(f"no emulated board: {e.render()}")
-    yield info
-    board.stop(key)
-
-
 def live_members(pgid: int) -> list:
     """Processes of process group ``pgid`` that are still running (zombies excluded)."""
     pids = []

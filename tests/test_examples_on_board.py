@@ -1,0 +1,105 @@
+"""Issue 3 end to end: every example built for arm runs on the emulated board and agrees with the host; a
+target block can ask the build itself to verify on a board; a farm of two boards shares a data set."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES
+
+pytestmark = pytest.mark.slow
+
+TOL = 1e-5
+
+
+def _board_arg(board) -> str:
+    return f"{board.key}@127.0.0.1:{board.tracker_port}"
+
+
+def _build(cli, sched, out):
+    result = cli("build", sched, "--out", out, "--quiet")
+    assert result.code == 0, result.err
+    return out
+
+
+def _run_compare(cli, artifact, dataset, board):
+    result = cli("run", artifact, "--dataset", dataset, "--board", _board_arg(board), "--compare")
+    assert result.code == 0, result.err
+    error = float(re.search(r"max-abs difference board vs host: (\S+)", result.out).group(1))
+    print(f"{artifact.name}: board vs host max-abs {error:.3g}")
+    return error
+
+
+def test_digits_on_board(cli, emulated_board, digits_artifact, tmp_path):
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("digits_data", EXAMPLES / "01_digits_cnn" / "data.py")
+    data = module_from_spec(spec)
+    spec.loader.exec_module(data)
+    inputs, _ = data.heldout()
+    np.savez(tmp_path / "d.npz", x=inputs["x"][:8])
+    assert _run_compare(cli, digits_artifact, tmp_path / "d.npz", emulated_board) <= TOL
+
+
+def test_onnx_example_on_board(cli, emulated_board, tmp_path):
+    artifact = _build(cli, EXAMPLES / "02_digits_onnx" / "digits_onnx.sched", tmp_path / "onnx")
+    sample = np.load(EXAMPLES / "01_digits_cnn" / "sample.npy")
+    np.savez(tmp_path / "d.npz", image=np.concatenate([sample, 1 - sample]))
+    assert _run_compare(cli, artifact, tmp_path / "d.npz", emulated_board) <= TOL
+
+
+def test_glm_example_on_board(cli, emulated_board, tmp_path):
+    artifact = _build(cli, EXAMPLES / "03_glm_tiny" / "glm_tiny.sched", tmp_path / "glm")
+    ids = np.random.default_rng(3).integers(0, 256, size=(2, 32), dtype=np.int64)
+    np.savez(tmp_path / "d.npz", input_ids=ids)
+    assert _run_compare(cli, artifact, tmp_path / "d.npz", emulated_board) <= TOL
+
+
+def test_build_verifies_on_the_board_the_target_names(cli, emulated_board, tmp_path):
+    digits = EXAMPLES / "01_digits_cnn"
+    text = (digits / "digits.sched").read_text()
+    text = text.replace('"model.py:build"', f'"{digits / "model.py"}:build"')
+    text = text.replace('"data.py:heldout"', f'"{digits / "data.py"}:heldout"')
+    text = text.replace("tolerance = 1e-4", "tolerance = 1e-4\n    limit = 24")
+    text = text.replace('features = ["+neon"]', f'features = ["+neon"]\n    board = "{_board_arg(emulated_board)}"')
+    (tmp_path / "digits.sched").write_text(text)
+    out = _build(cli, tmp_path / "digits.sched", tmp_path / "digits")
+    verification = json.loads((out / "manifest.json").read_text())["verification"]
+    [check] = verification["boards"]
+    assert check["target"] == "arm" and check["board"] == _board_arg(emulated_board)
+    assert check["error_vs_host"] <= TOL and check["error_vs_original"] < 1e-4
+    assert check["metric"] == verification["metric_compiled"]
+    assert "on `" + _board_arg(emulated_board) + "`" in (out / "report.md").read_text()
+
+
+def test_a_farm_of_two_boards_shares_a_data_set(cli, emulated_board, digits_artifact, tmp_path):
+    from aglmc.targets import board
+
+    second = board.start_emulated(emulated_board.key, tracker_port=emulated_board.tracker_port, timeout=300)
+    try:
+        sample = np.load(EXAMPLES / "01_digits_cnn" / "sample.npy")
+        np.savez(tmp_path / "d.npz", x=np.repeat(sample, 12, axis=0))
+        result = cli("run", digits_artifact, "--dataset", tmp_path / "d.npz", "--board",
+                     _board_arg(emulated_board), "--jobs", "2", "--output", tmp_path / "out.npz")
+        assert result.code == 0, result.err
+        assert re.search(r"ran 12 input\(s\) on 2 board\(s\)", result.out), result.out
+        logits = np.load(tmp_path / "out.npz")["output0"]
+        assert logits.shape == (12, 10) and np.all(logits == logits[:1])
+    finally:
+        board.stop(pgid=second.pgid)
+
+
+def test_dead_board_and_wrong_library_are_one_line_errors(cli, digits_artifact, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = cli("run", digits_artifact, "--input", EXAMPLES / "01_digits_cnn" / "sample.npy",
+                 "--board", f"127.0.0.1:{port}", "--timeout", "10")
+    assert result.code == 1 and "unreachable: connection refused" in result.err
+    assert len(result.err.strip().splitlines()) <= 2 and "Traceback" not in result.err
