@@ -60,12 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--input", "-i", type=Path, metavar="FILE.npy|FILE.npz", help="one input")
     what.add_argument("--dataset", type=Path, metavar="FILE.npz",
                       help="many inputs: one array per model input, samples first (as a schedule's data set)")
+    r.add_argument("--target", default="host", metavar="KIND",
+                   help="which library runs here: host (default) or vulkan (on this machine's Vulkan device)")
     r.add_argument("--board", metavar="KEY|KEY@HOST:PORT|HOST:PORT",
                    help="run the arm library on this board (a key at a tracker, or a server's address)")
     r.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="with --board KEY and --dataset: use N boards of the key in parallel (a farm)")
     r.add_argument("--compare", action="store_true",
-                   help="also run the host library and print the max-abs difference")
+                   help="also run the host library and print the max-abs difference from it")
     r.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                    help="give up on a board after this long (default 300)")
     r.add_argument("--output", type=Path, metavar="FILE.npz", help="save the outputs here")

@@ -113,6 +113,21 @@ def load_dataset_file(path: Path, specs: List[dict]) -> List[List[np.ndarray]]:
     return [batch for batch, _ in dataset.batches(tensor_specs)]
 
 
+def _local_runner(kind: str, lib: Path):
+    """Something with ``run(inputs) -> outputs`` for a library that runs on this machine."""
+    from aglmc.targets.base import get_target
+
+    if kind == "host":
+        from aglmc.targets.run import HostRunner
+
+        return HostRunner(lib)
+    target = get_target(kind)
+    if not hasattr(target, "runner"):
+        raise ArtifactError(f"the {kind} library does not run on this machine",
+                            hint="run ARM libraries on a board: --board KEY|HOST:PORT")
+    return target.runner(lib)
+
+
 def cmd_run(args) -> int:
     from aglmc.compiler.artifact import read_manifest
     from aglmc.compiler.verify import Outputs, max_abs
@@ -130,17 +145,16 @@ def cmd_run(args) -> int:
         print(f"ran {len(batches)} input(s) on {len(served)} board(s) of {args.board}: "
               + ", ".join(f"{n} on {Path(b).parent.name or b}" for b, n in sorted(served.items())))
     else:
-        from aglmc.targets.run import HostRunner
-
-        runner = HostRunner(host_lib)
+        runner = _local_runner(args.target, _library(args.artifact, manifest, args.target))
+        if args.target != "host":
+            print(f"running the {args.target} library on {getattr(runner, 'adapter', args.target)}")
         chunks = [runner.run(b) for b in batches]
     outputs = Outputs.concat(chunks).arrays
-    if args.compare and args.board:
-        from aglmc.targets.run import HostRunner
-
-        runner = HostRunner(host_lib)
+    if args.compare and (args.board or args.target != "host"):
+        runner = _local_runner("host", host_lib)
         host = Outputs.concat([runner.run(b) for b in batches])
-        print(f"max-abs difference board vs host: {max_abs(Outputs(outputs), host):.3g}")
+        print(f"max-abs difference {'board' if args.board else args.target} vs host: "
+              f"{max_abs(Outputs(outputs), host):.3g}")
     names = [o["name"] for o in manifest["outputs"]]
     for name, out in zip(names, outputs):
         flat = out.reshape(-1)

@@ -27,7 +27,7 @@ from aglmc.compiler.model import Model, load_model
 from aglmc.compiler.stats import Stats, model_stats
 from aglmc.compiler.verify import LOWERING_RTOL, Outputs, max_abs, measure_latency, metric_value, scale
 from aglmc.dsl import CheckedSchedule, check, format_schedule, parse_file
-from aglmc.errors import AglmcError, PassError, ScheduleError, VerifyError
+from aglmc.errors import AglmcError, PassError, ScheduleError, TargetError, VerifyError
 from aglmc.passes.base import PassContext, PassResult, get_pass
 from aglmc.passes.select import make_selector
 
@@ -86,16 +86,17 @@ class Verification:
     #: median host latency of the built library, and of the same model built without the schedule's passes
     latency_ms: Optional[float] = None
     baseline_latency_ms: Optional[float] = None
-    #: the same evaluation run on boards (target blocks with ``board = ...``)
-    boards: List["BoardCheck"] = field(default_factory=list)
+    #: the same evaluation run by the other targets' libraries: on a board (``board = ...`` in an arm block) or on
+    #: a device of this machine (targets that have a local runner, e.g. vulkan)
+    devices: List["DeviceCheck"] = field(default_factory=list)
 
 
 @dataclass
-class BoardCheck:
+class DeviceCheck:
     target: str
-    board: str
-    error_vs_original: float
-    error_vs_host: float
+    where: str  # "board KEY@HOST:PORT", the device's name, or why it did not run ("not run: ...")
+    error_vs_original: Optional[float]
+    error_vs_host: Optional[float]
     metric: Optional[float]
 
 
@@ -171,12 +172,11 @@ def build(sched_path: Path, options: BuildOptions) -> BuildResult:
         compiled = steps.run("verify on host", _run_library, stage / host.library, evaluation.batches())
         verification = _verify(checked, evaluation, original, transformed, compiled)
         for record in target_records:
-            board = record.info.settings.get("board") if record.info is not None else None
-            if board:
-                outputs = steps.run(f"verify {record.kind} on board {board}", _run_on_board, stage / record.library,
-                                    board, record.info.settings.get("board_jobs", 1), evaluation)
-                verification.boards.append(_board_check(record.kind, board, outputs, original, compiled,
-                                                        evaluation, checked))
+            if record.kind != "host":
+                check = steps.run(f"verify {record.kind}", _verify_device, record, stage, evaluation, original,
+                                  compiled, checked)
+                if check is not None:
+                    verification.devices.append(check)
         verification.latency_ms = steps.run("time host library", _latency, stage / host.library, host, model)
         if baseline_mod is not None and any(p.result.changed for p in passes):
             verification.baseline_latency_ms = steps.run("time host library without passes", _baseline_latency,
@@ -320,23 +320,48 @@ def _run_library(path: Path, batches) -> Outputs:
     return Outputs.collect(runner.run, batches)
 
 
-def _run_on_board(path: Path, board: str, jobs: int, evaluation: "_Evaluation") -> Outputs:
-    from aglmc.targets.board import run_batches_on_boards
+def _verify_device(record: TargetRecord, stage: Path, evaluation: "_Evaluation", original: Outputs,
+                   host: Outputs, checked: CheckedSchedule) -> Optional["DeviceCheck"]:
+    """Run the evaluation on ``record``'s library where it can run: the board its block names, or this
+    machine's device (targets with a ``runner``). None when it has neither."""
+    from aglmc.targets.base import get_target
 
+    path = stage / record.library
     batches = [arrays for arrays, _ in evaluation.batches()]
-    return Outputs.concat(run_batches_on_boards(path, batches, board, jobs=jobs))
+    board = record.info.settings.get("board")
+    target = get_target(record.kind)
+    if board:
+        from aglmc.targets.board import run_batches_on_boards
 
-
-def _board_check(kind: str, board: str, outputs: Outputs, original: Outputs, host: Outputs,
-                 evaluation: "_Evaluation", checked: CheckedSchedule) -> "BoardCheck":
+        where = f"board {board}"
+        outputs = Outputs.concat(run_batches_on_boards(path, batches, board,
+                                                       jobs=record.info.settings.get("board_jobs", 1)))
+    elif hasattr(target, "runner"):
+        try:
+            runner = target.runner(path)
+        except TargetError as e:  # e.g. no Vulkan device on this machine: the library is built, not checked
+            if "no Vulkan adapter" not in e.message:
+                raise
+            return DeviceCheck(record.kind, f"not run: {e.message}", None, None, None)
+        where = str(getattr(runner, "adapter", record.kind))
+        outputs = Outputs.concat([runner.run(b) for b in batches])
+    else:
+        return None
     metric = checked.evaluation.metric if checked.evaluation is not None else "none"
-    check = BoardCheck(kind, board, max_abs(outputs, original), max_abs(outputs, host),
-                       metric_value(metric, outputs, evaluation.labels(), original))
-    bound = LOWERING_RTOL * max(1.0, scale(host))
+    check = DeviceCheck(record.kind, where, max_abs(outputs, original), max_abs(outputs, host),
+                        metric_value(metric, outputs, evaluation.labels(), original))
+    bound = _device_bound(record, host)
     if check.error_vs_host > bound:
-        raise VerifyError(f"the {kind} library on board {board} differs from the host library by "
+        raise VerifyError(f"the {record.kind} library on {where} differs from the host library by "
                           f"{check.error_vs_host:.3g} (max-abs), more than {bound:.3g}")
     return check
+
+
+def _device_bound(record: TargetRecord, host: Outputs) -> float:
+    """How far another target may be from the host library: the lowering bound, or fp16's rounding (2^-8
+    relative to the output's magnitude) when the target computes in half precision."""
+    rtol = 2.0 ** -8 * 4 if record.info.settings.get("fp16") else LOWERING_RTOL
+    return rtol * max(1.0, scale(host))
 
 
 def _latency(path: Path, host: TargetRecord, model: Model) -> float:

@@ -37,11 +37,11 @@ def render(result) -> str:
         lines += ["", f"Host latency (median, batch as declared, {threads} thread(s)): {v.latency_ms:.3f} ms"
                   + (f"; built without the schedule's passes {v.baseline_latency_ms:.3f} ms (the passes make it "
                      f"{v.baseline_latency_ms / v.latency_ms:.2f}x as fast)" if v.baseline_latency_ms else "") + "."]
-    if v.boards:
-        lines += ["", "| board | max-abs error vs original | vs host library | "
-                      f"{v.metric if v.metric != 'none' else 'metric'} |", "|---|---:|---:|---:|"]
-        lines += [f"| {b.target} on `{b.board}` | {_num(b.error_vs_original)} | {_num(b.error_vs_host)} | "
-                  f"{_metric(b.metric)} |" for b in v.boards]
+    if v.devices:
+        lines += ["", "| target | ran on | max-abs error vs original | vs host library | "
+                      f"{v.metric if v.metric != 'none' else 'metric'} |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {d.target} | `{d.where}` | {_num(d.error_vs_original)} | {_num(d.error_vs_host)} | "
+                  f"{_metric(d.metric)} |" for d in v.devices]
     if v.metric != "none":
         lines += ["", f"| model | {v.metric} |", "|---|---:|",
                   f"| original | {_metric(v.metric_original)} |",

@@ -34,7 +34,7 @@ from aglmc.dsl.params import Ident, Param
 from aglmc.errors import TargetError, did_you_mean
 
 # The modules that define the built-in targets; imported on first use of the registry.
-_BUILTIN_MODULES = ("aglmc.targets.host", "aglmc.targets.arm")
+_BUILTIN_MODULES = ("aglmc.targets.host", "aglmc.targets.arm", "aglmc.targets.vulkan.target")
 
 
 @dataclass(frozen=True)

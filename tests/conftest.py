@@ -93,3 +93,17 @@ def emulated_board():
         pytest.skip(f"no emulated board: {e.render()}")
     yield info
     board.stop(key)
+
+
+def schedule_copy(sched: Path, dest: Path, extra: str = "", replace: dict | None = None) -> Path:
+    """A copy of ``sched`` at ``dest`` whose model and data set sources are absolute (so it builds from
+    anywhere), with ``replace`` applied and ``extra`` appended."""
+    import re
+
+    text = sched.read_text()
+    text = re.sub(r'"([^"/]+\.(?:py:\w+|onnx|npz))"', lambda m: f'"{sched.parent / m.group(1)}"', text)
+    for old, new in (replace or {}).items():
+        assert old in text, f"{old!r} is not in {sched}"
+        text = text.replace(old, new)
+    dest.write_text(text + extra)
+    return dest

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import EXAMPLES, objdump_aarch64
+from conftest import EXAMPLES, objdump_aarch64, schedule_copy
 
 DIGITS = EXAMPLES / "01_digits_cnn"
 
@@ -89,11 +89,8 @@ def test_arm_library_is_aarch64_with_neon(digits_artifact):
 
 def test_failed_build_keeps_previous_artifact_and_inputs(tmp_path, cli):
     out = tmp_path / "digits"
-    sched = tmp_path / "tight.sched"
-    text = (DIGITS / "digits.sched").read_text().replace("tolerance = 1e-4", "tolerance = 1e-12")
-    text = text.replace('"model.py:build"', f'"{DIGITS / "model.py"}:build"').replace(
-        '"data.py:heldout"', f'"{DIGITS / "data.py"}:heldout"')
-    sched.write_text(text)
+    sched = schedule_copy(DIGITS / "digits.sched", tmp_path / "tight.sched",
+                          replace={"tolerance = 1e-4": "tolerance = 1e-12"})
     out.mkdir()
     (out / "manifest.json").write_text('{"previous": true}')
     before = {p: p.read_bytes() for p in DIGITS.iterdir() if p.is_file()}

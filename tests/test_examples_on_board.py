@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, schedule_copy
 
 pytestmark = pytest.mark.slow
 
@@ -60,17 +60,13 @@ def test_glm_example_on_board(cli, emulated_board, tmp_path):
 
 
 def test_build_verifies_on_the_board_the_target_names(cli, emulated_board, tmp_path):
-    digits = EXAMPLES / "01_digits_cnn"
-    text = (digits / "digits.sched").read_text()
-    text = text.replace('"model.py:build"', f'"{digits / "model.py"}:build"')
-    text = text.replace('"data.py:heldout"', f'"{digits / "data.py"}:heldout"')
-    text = text.replace("tolerance = 1e-4", "tolerance = 1e-4\n    limit = 24")
-    text = text.replace('features = ["+neon"]', f'features = ["+neon"]\n    board = "{_board_arg(emulated_board)}"')
-    (tmp_path / "digits.sched").write_text(text)
-    out = _build(cli, tmp_path / "digits.sched", tmp_path / "digits")
+    sched = schedule_copy(EXAMPLES / "01_digits_cnn" / "digits.sched", tmp_path / "digits.sched", replace={
+        "tolerance = 1e-4": "tolerance = 1e-4\n    limit = 24",
+        'features = ["+neon"]': f'features = ["+neon"]\n    board = "{_board_arg(emulated_board)}"'})
+    out = _build(cli, sched, tmp_path / "digits")
     verification = json.loads((out / "manifest.json").read_text())["verification"]
-    [check] = verification["boards"]
-    assert check["target"] == "arm" and check["board"] == _board_arg(emulated_board)
+    [check] = verification["devices"]
+    assert check["target"] == "arm" and check["where"] == f"board {_board_arg(emulated_board)}"
     assert check["error_vs_host"] <= TOL and check["error_vs_original"] < 1e-4
     assert check["metric"] == verification["metric_compiled"]
     assert "on `" + _board_arg(emulated_board) + "`" in (out / "report.md").read_text()

@@ -1,0 +1,149 @@
+"""The vulkan target: TVM's GPU kernels as WGSL, run on a Vulkan device through wgpu.
+
+The PyPI TVM has no Vulkan code generator, so kernels are generated with TVM's webgpu target (WGSL) and run by
+wgpu on its Vulkan backend (shared/VULKAN.md). The artifact is one zip, ``vulkan.wgpu``: a launch plan
+(plain JSON), the WGSL kernels and the constants as ``.npy`` arrays; :mod:`.runtime` runs it with wgpu and numpy.
+
+Build steps, in order (each named so a failure says where it happened)::
+
+    prepare      DecomposeOpsForInference, NarrowInt64, RunOnInt32, ToMixedPrecision(float16) if fp16
+    lower        gpu_generic: legalize, fuse, dlight GPU schedules, memory planning (see lower.py)
+    check        every kernel's tensors are storable in WGSL (no int8/bool/int64 storage)
+    codegen      tvm.tirx.build for webgpu -> WGSL, capturing the module before MakePackedAPI
+    plan         kernel order, grids, bindings, scalar arguments, storages and their lifetimes (plan.py)
+    package      plan.json + shaders/*.wgsl + constants/*.npy in one zip (artifact.py)
+
+A schedule asks for it with ``target vulkan { fp16 = false }``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import tvm
+from tvm import relax
+
+from aglmc.dsl.params import Param
+from aglmc.errors import TargetError
+from aglmc.targets.base import BuildInfo, Target, register_target
+from aglmc.targets.compile import error_summary
+from aglmc.targets.vulkan.artifact import DTYPE_BYTES, write_artifact
+from aglmc.targets.vulkan.lower import build_kernels, called_prim_funcs, check_storable, run_relax_pipeline
+from aglmc.targets.vulkan.narrow_int64 import narrow_int64_module
+from aglmc.targets.vulkan.plan import PlanBuilder
+from aglmc.targets.vulkan.widen_bool import run_on_int32
+
+
+def _power_of_two(n: int):
+    return None if n & (n - 1) == 0 else f"must be a power of two, got {n}"
+
+
+@register_target
+class VulkanTarget(Target):
+    """Vulkan devices (and lavapipe), through TVM's WGSL kernels and wgpu; needs wgpu + numpy to run."""
+
+    kind = "vulkan"
+    library_name = "vulkan.wgpu"
+    params = (
+        Param("fp16", "bool", default=False,
+              doc="compute and store in float16 (inputs and outputs stay float32); needs shader-f16"),
+        Param("max_workgroup_size", "int", default=256, min=32, max=1024, check=_power_of_two,
+              doc="threads per workgroup the GPU schedules may use (WebGPU guarantees 256)"),
+        Param("max_shared_memory", "int", default=16384, min=1024,
+              doc="bytes of workgroup memory a kernel may use (WebGPU guarantees 16384; lavapipe has 32768)"),
+    )
+
+    @classmethod
+    def tvm_target(cls, settings: Mapping[str, Any]) -> tvm.target.Target:
+        s = cls.resolve(settings)
+        return tvm.target.Target({"kind": "webgpu", "max_num_threads": s["max_workgroup_size"],
+                                  "max_shared_memory_per_block": s["max_shared_memory"],
+                                  "host": {"kind": "llvm"}})
+
+    @classmethod
+    def build(cls, mod: tvm.IRModule, settings: Mapping[str, Any], out_path: Path) -> BuildInfo:
+        s = cls.resolve(settings)
+        target = cls.tvm_target(s)
+        start = time.perf_counter()
+        host_in, host_out = _io_dtypes(mod["main"])
+        mod = _step("prepare", prepare, mod, s)
+        lowered = run_relax_pipeline(mod, target)
+        prims = called_prim_funcs(lowered)
+        check_storable(prims)
+        kernels = build_kernels(prims, target)
+        plan, shaders, constants = PlanBuilder(lowered, kernels).build()
+        compiled = time.perf_counter()
+        _annotate(plan, host_in, host_out, target, s)
+        write_artifact(out_path, plan, shaders, constants)
+        return BuildInfo(kind=cls.kind, path=Path(out_path), target=str(target), settings=s,
+                         seconds=time.perf_counter() - start, compile_seconds=compiled - start,
+                         link_seconds=time.perf_counter() - compiled, linker="none (WGSL, compiled by wgpu at load)")
+
+    @classmethod
+    def runner(cls, path, adapter: Optional[str] = None):
+        """A :class:`~aglmc.targets.vulkan.runtime.VulkanRunner` for the artifact at ``path``."""
+        from aglmc.targets.vulkan.runtime import VulkanRunner
+
+        return VulkanRunner(path, adapter=adapter)
+
+
+def prepare(mod: tvm.IRModule, settings: Mapping[str, Any]) -> tvm.IRModule:
+    """The Relax passes the vulkan target needs before TVM's GPU pipeline."""
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    mod = narrow_int64_module(mod)  # called directly so its TargetError reaches the user as one
+    mod = run_on_int32(mod)
+    if settings["fp16"]:
+        mod = relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
+    return mod
+
+
+def _step(name: str, fn, *args):
+    try:
+        return fn(*args)
+    except TargetError:
+        raise
+    except Exception as e:
+        raise TargetError(f"vulkan build step '{name}' failed: {error_summary(e)}") from e
+
+
+def _io_dtypes(main: relax.Function):
+    """The dtypes of ``main``'s tensor inputs and (flattened) outputs before any narrowing."""
+    ins = [str(p.ty.dtype) if isinstance(p.ty, relax.TensorType) else "" for p in main.params]
+    outs: List[str] = []
+
+    def flat(ty):
+        if isinstance(ty, relax.TensorType):
+            outs.append(str(ty.dtype))
+        elif isinstance(ty, tvm.ir.TupleType):
+            for f in ty.fields:
+                flat(f)
+
+    flat(main.body.ty if main.body is not None else None)
+    return ins, outs
+
+
+def _annotate(plan: Dict[str, Any], host_in: List[str], host_out: List[str], target, settings) -> None:
+    """Host dtypes (what the caller passes and gets back) and what the adapter must offer."""
+    for spec, dtype in zip(plan["inputs"], host_in):
+        spec["host_dtype"] = dtype or spec["dtype"]
+    if len(host_out) == len(plan["outputs"]):
+        for out, dtype in zip(plan["outputs"], host_out):
+            out["host_dtype"] = dtype
+    kernels = plan["kernels"].values()
+    limits = {
+        "max-storage-buffers-per-shader-stage": max((len(k["buffers"]) for k in kernels), default=0),
+        "max-compute-invocations-per-workgroup": max((k["workgroup_size"][0] * k["workgroup_size"][1]
+                                                      * k["workgroup_size"][2] for k in kernels), default=1),
+        "max-compute-workgroup-storage-size": max((k["workgroup_bytes"] for k in kernels), default=0),
+    }
+    if plan["constants"]:
+        limits["max-storage-buffer-binding-size"] = max(math.prod(c["shape"]) * DTYPE_BYTES[c["dtype"]]
+                                                        for c in plan["constants"])
+    plan["requires"] = {"features": ["shader-f16"] if any(k["f16"] for k in kernels) else [],
+                        "limits": limits}
+    plan["target"] = str(target)
+    plan["settings"] = dict(settings)
+    plan["tvm"] = tvm.__version__
