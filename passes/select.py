@@ -1,7 +1,7 @@
 """Op kinds and selectors: the vocabulary a schedule uses to pick parts of a model, for FX and ONNX alike.
 
-A schedule step ``pass lowrank on linear in "encoder.*"`` selects the nodes whose *op kind* is ``linear`` and
-whose *path* matches the glob. Op kinds are aglmc's own names, shared by both graph forms, so one schedule reads
+A schedule step ``pass lowrank on linear in "encoder.**"`` selects the nodes whose *op kind* is ``linear`` and
+whose *path* matches the glob (``*`` within one dotted component, ``**`` across components). Op kinds are aglmc's own names, shared by both graph forms, so one schedule reads
 the same whether the model came from PyTorch or from an ONNX file:
 
 - FX (ATen ops from ``torch.export``): the path is the module path from ``nn_module_stack``
@@ -13,7 +13,8 @@ the same whether the model came from PyTorch or from an ONNX file:
 
 from __future__ import annotations
 
-import fnmatch
+import re
+from functools import lru_cache
 from typing import Any, Callable, Optional, Sequence
 
 #: Every op kind a selector may name, with a short description (``aglmc passes`` prints them).
@@ -180,14 +181,49 @@ def onnx_path(node) -> str:
     return node.name or ""
 
 
+@lru_cache(maxsize=256)
+def path_pattern(glob: str, sep: str = ".") -> "re.Pattern":
+    """A path glob as a regex. Paths are made of components joined by ``sep`` ("." for FX module paths such as
+    ``encoder.layer.3.output.dense``, "/" for ONNX node names such as ``/features/features.0/Conv``): ``*``
+    matches within one component, ``**`` across components, ``?`` one character, ``[...]`` a character set.
+    So ``encoder.layer.*.output.dense`` selects each layer's FFN output and not ``...attention.output.dense``.
+    """
+    one = f"[^{re.escape(sep)}]"
+    out, i = [], 0
+    while i < len(glob):
+        c = glob[i]
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append(one + "*")
+        elif c == "?":
+            out.append(one)
+        elif c == "[":
+            end = glob.find("]", i + 1)
+            if end == -1:
+                out.append(re.escape(c))
+            else:
+                body = glob[i + 1:end]
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
 def make_selector(kind: str, ops: Sequence[str] = (), path: Optional[str] = None) -> Callable[[Any], bool]:
     """A predicate over nodes of graph form ``kind`` ("fx" or "onnx") for the given op kinds and path glob.
 
     ``conv2d`` also selects depthwise convolutions (they are convolutions); ``depthwise_conv2d`` selects only
-    them. An empty selector selects every node.
+    them. The path glob follows :func:`path_pattern`; ONNX node names are "/"-separated paths
+    (``/features/**`` selects everything under ``features``). An empty selector selects every node.
     """
     op_kind = fx_op_kind if kind == "fx" else onnx_op_kind
     node_path = fx_path if kind == "fx" else onnx_path
+    sep = "." if kind == "fx" else "/"
     wanted = set(ops)
     if "conv2d" in wanted:
         wanted.add("depthwise_conv2d")
@@ -195,7 +231,7 @@ def make_selector(kind: str, ops: Sequence[str] = (), path: Optional[str] = None
     def selects(node) -> bool:
         if wanted and op_kind(node) not in wanted:
             return False
-        if path is not None and not fnmatch.fnmatchcase(node_path(node), path):
+        if path is not None and not path_pattern(path, sep).match(node_path(node)):
             return False
         return True
 

@@ -5,7 +5,8 @@
 untuned build should use instead. Its steps, top to bottom:
 
 1. library dispatch      ``cpu_generic.library_dispatch_passes`` (sampling, sort/scan)
-2. legalize and fuse     decompose inference ops, LegalizeOps, FoldConstant, FuseOps, FuseTIR
+2. legalize and fuse     decompose inference ops, aglmc's pattern fusion (``relax_fusion``: pads into convs,
+                         flattens into dense), LegalizeOps, FoldConstant, FuseOps, FuseTIR
 3. count MACs            ``aglmc.macs`` on every fused PrimFunc (for :class:`ScheduleReport`)
 4. mark constants        ``AttachAttrLayoutFreeBuffers``: parameters bound to constants may be repacked
 5. apply database        ``MetaScheduleApplyDatabase`` (only with a database): tuned records win
@@ -25,6 +26,8 @@ from tvm.s_tir import meta_schedule as ms
 
 from aglmc.errors import TargetError
 
+from aglmc.targets.relax_fusion import FusePatterns
+
 from .isa import vector_isa
 from .report import ScheduleReport, annotate_macs
 from .rules import CpuRule, default_rules
@@ -40,7 +43,7 @@ def pipeline_steps(
         ("library dispatch", cpu_generic.library_dispatch_passes(target)),
         (
             "legalize and fuse",
-            [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
+            [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(), FusePatterns()]
             + cpu_generic.legalize_passes(target),
         ),
         ("count MACs", [annotate_macs]),
