@@ -17,7 +17,8 @@ def build_catalog(plugins: Iterable = ()) -> Catalog:
 
     passes = {
         name: PassSig(name=name, params=cls.params, graph_kinds=cls.graph_kinds, requires=cls.requires,
-                      guarantees=cls.guarantees, invalidates=cls.invalidates, doc=cls.describe())
+                      guarantees=cls.guarantees, invalidates=cls.invalidates, doc=cls.describe(),
+                      validate=cls.validate)
         for name, cls in sorted(registry().items())
     }
     return Catalog(passes=passes, targets={k: t.params for k, t in targets().items()},

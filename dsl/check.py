@@ -11,7 +11,7 @@ the targets; the compiler builds the catalog from them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from aglmc.dsl.ast import DatasetDecl, InputDecl, ModelDecl, PassStep, Schedule, Selector, Setting, Source, Value
 from aglmc.dsl.params import Ident, Param
@@ -34,6 +34,8 @@ class PassSig:
     guarantees: Tuple[str, ...] = ()
     invalidates: Tuple[str, ...] = ()
     doc: str = ""
+    #: a check of the parameters together (each one is already typed and in range): an error message or None
+    validate: Optional[Callable[[Mapping[str, Any]], Optional[str]]] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,9 @@ class _Checker:
                     raise self.error(f"unknown op kind '{op}'", loc,
                                      hint=_suggest(op, self.catalog.op_kinds, "op kinds"))
             params = self.settings(step.settings, sig.params, f"pass '{step.name}'", step.loc)
+            problem = sig.validate(params) if sig.validate is not None else None
+            if problem:
+                raise self.error(f"pass '{step.name}': {problem}", step.loc)
             for prop in sig.requires:
                 if prop not in holds:
                     raise self.unmet(step, prop, invalidated.get(prop))

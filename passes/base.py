@@ -29,7 +29,7 @@ import pkgutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Mapping, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
 
 from aglmc.dsl.params import Param
 from aglmc.errors import AglmcError, PassError
@@ -86,6 +86,17 @@ class Pass:
         missing = [p.name for p in self.params if p.required and p.name not in self.options]
         if missing:
             raise PassError(f"pass '{self.name}' needs parameter(s) {', '.join(missing)}")
+        problem = self.validate(self.options)
+        if problem:
+            raise PassError(f"pass '{self.name}': {problem}")
+
+    @classmethod
+    def validate(cls, params: Mapping[str, Any]) -> Optional[str]:
+        """Check the parameters together (each is already typed and in range); an error message or None.
+
+        ``aglmc check`` calls it too, so a bad combination is reported at the step in the schedule.
+        """
+        return None
 
     def run(self, kind: str, graph: Any, ctx: PassContext) -> PassResult:
         if kind not in self.graph_kinds:

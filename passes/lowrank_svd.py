@@ -83,13 +83,14 @@ class LowRankSVD(Pass):
               doc="decline layers whose factors cost at least as many MACs as W (false: factor anyway)"),
     )
 
-    def __init__(self, **params):
-        super().__init__(**params)
-        given = [k for k in _RANK_PARAMS if self.options.get(k) is not None]
+    @classmethod
+    def validate(cls, params) -> Optional[str]:
+        given = [k for k in _RANK_PARAMS if params.get(k) is not None]
         if len(given) != 1:
             got = f"got {' and '.join(given)}" if given else "got none"
-            raise PassError(f"pass 'lowrank_svd' needs exactly one of rank, rank_ratio, energy ({got})",
-                            hint="e.g. `{ rank_ratio = 0.5 }`, `{ energy = 0.95 }` or `{ rank = 64 }`")
+            return (f"needs exactly one of rank, rank_ratio, energy ({got}), e.g. `{{ rank_ratio = 0.5 }}`, "
+                    "`{ energy = 0.95 }` or `{ rank = 64 }`")
+        return None
 
     # ---- FX ---------------------------------------------------------------------------------------------
     def run_fx(self, gm, ctx: PassContext) -> PassResult:

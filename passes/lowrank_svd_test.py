@@ -240,3 +240,16 @@ def test_onnx_low_rank_and_data_aware():
         assert [n.op for n in graph.nodes].count("Gemm") == 2
         errors[name] = float(np.linalg.norm(_ort(gs.export_onnx(graph), heldout) - reference))
     assert errors["whiten"] < 0.8 * errors["plain"], errors
+
+
+def test_rank_choice_is_checked_with_the_schedule(tmp_path):
+    """`aglmc check` already reports a step with two rank choices, at the step, before any model is loaded."""
+    from aglmc.compiler.catalog import build_catalog
+    from aglmc.dsl import check, parse_text
+    from aglmc.errors import ScheduleError
+
+    (tmp_path / "m.onnx").write_bytes(b"")
+    text = 'model "m.onnx"\npass lowrank_svd { rank = 8  energy = 0.9 }\ntarget host\n'
+    with pytest.raises(ScheduleError, match="needs exactly one of rank, rank_ratio, energy") as err:
+        check(parse_text(text, tmp_path / "s.sched"), build_catalog())
+    assert (err.value.location.line, err.value.location.col) == (2, 6)
