@@ -43,6 +43,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="print, per candidate site, why PASS did or did not apply (repeatable)")
     b.add_argument("--quiet", "-q", action="store_true", help="print only the result")
 
+    # aglmc issue 7: autotuning
+    t = sub.add_parser("tune", help="tune the kernels of a schedule's targets into their tuning databases",
+                       description="Import the schedule's model and run its passes as a build does, then tune the "
+                                   "kernels of each target whose block sets tune_trials (MetaSchedule, measured on "
+                                   "this machine, or on the arm block's board). Every measured candidate lands in "
+                                   "the target's tuning database at once, so an interrupted run resumes where it "
+                                   "stopped; a later `aglmc build` applies the best kernels.")
+    t.add_argument("schedule", type=Path, help="the .sched file")
+    t.add_argument("--trials", type=int, metavar="N",
+                   help="trial budget per tuned target (overrides tune_trials; tunes the host when no block sets "
+                        "tune_trials)")
+    t.add_argument("--target", action="append", default=[], metavar="KIND", help="tune only this target (repeatable)")
+    t.add_argument("--report", action="store_true",
+                   help="print per kernel: trials, the untuned (rules) latency, the best tuned latency")
+    t.add_argument("--plugin", action="append", type=Path, default=[], metavar="FILE.py")
+    t.add_argument("--quiet", "-q", action="store_true", help="print only the result")
+
     c = sub.add_parser("check", help="check a schedule without building",
                        description="Parse and check a .sched file: syntax, pass and target names, parameters, "
                                    "files it names. Prints the resolved schedule with every default filled in.")
@@ -95,6 +112,22 @@ def _parser() -> argparse.ArgumentParser:
     bst.add_argument("--key", help="only the boards under this key")
     bl = bsub.add_parser("list", help="what the tracker knows: keys, boards, free boards")
     bl.add_argument("--tracker", default="127.0.0.1:9190", metavar="HOST:PORT")
+
+    an = sub.add_parser("analyze", help="analyses that guide a schedule (sensitivity of each layer to pruning)")
+    asub = an.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    se = asub.add_parser("sensitivity", help="prune each channel group alone at several ratios and evaluate",
+                         description="Prune each channel group of the schedule's model alone, at each ratio, and "
+                                     "evaluate the schedule's metric on its evaluation data (in PyTorch or "
+                                     "onnxruntime, no TVM). Writes sensitivity.json (per-group ratios whose metric "
+                                     "drop stays within --max-drop, for `prune_channels { ratios_from = ... }`), "
+                                     "sensitivity.md and sensitivity.png.")
+    se.add_argument("schedule", type=Path)
+    se.add_argument("--ratios", default="0.1,0.3,0.5,0.7", help="comma-separated ratios (default 0.1,0.3,0.5,0.7)")
+    se.add_argument("--max-drop", type=float, metavar="X",
+                    help="largest metric drop a chosen ratio may cost (default: the evaluate block's metric_drop, "
+                         "else 0.01)")
+    se.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="where to write (default: here)")
+    se.add_argument("--plugin", action="append", type=Path, default=[], metavar="FILE.py")
 
     ps = sub.add_parser("passes", help="list the passes a schedule can use, with their parameters")
     ps.add_argument("--plugin", action="append", type=Path, default=[], metavar="FILE.py")

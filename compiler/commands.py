@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -33,6 +34,30 @@ def cmd_build(args) -> int:
         line += f"; {v.metric}: original {v.metric_original:.4f}, compiled {v.metric_compiled:.4f}"
     print(line)
     print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_tune(args) -> int:  # aglmc issue 7
+    from aglmc.compiler.pipeline import BuildOptions
+    from aglmc.compiler.tune import tune_schedule
+
+    if args.trials is not None and args.trials < 0:
+        raise ArtifactError(f"--trials must be 0 or more, got {args.trials}")
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    options = BuildOptions(out_dir=Path("."), plugins=args.plugin, log=log)
+    try:
+        reports = tune_schedule(args.schedule, options, trials=args.trials, kinds=args.target, report=args.report)
+    except KeyboardInterrupt:
+        print("interrupted; the trials measured so far are in the tuning database: run again to resume",
+              file=sys.stderr)
+        return 130
+    for report in reports:
+        if args.report:
+            print(report)
+        else:
+            tuned = sum(1 for t in report.tasks if t.applied)
+            print(f"tuned {report.target}: {report.trials_run} trial(s) this run ({report.stopped}), {tuned} of "
+                  f"{len(report.tasks)} kernel(s) faster than the rules; database {report.folder}")
     return 0
 
 
@@ -166,6 +191,22 @@ def cmd_run(args) -> int:
     if args.output:
         np.savez(args.output, **dict(zip(names, outputs)))
         print(f"saved {args.output}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from aglmc.compiler.sensitivity import analyze_sensitivity
+
+    try:
+        ratios = tuple(float(r) for r in args.ratios.split(","))
+    except ValueError as e:
+        raise ArtifactError(f"--ratios must be numbers separated by commas, got '{args.ratios}'") from e
+    if not all(0 < r < 1 for r in ratios):
+        raise ArtifactError(f"--ratios must lie in (0, 1), got {args.ratios}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = analyze_sensitivity(args.schedule, ratios, args.out, max_drop=args.max_drop, plugins=args.plugin)
+    print(table.markdown())
+    print("wrote " + ", ".join(str(f) for f in table.files))
     return 0
 
 

@@ -65,7 +65,8 @@ class Model:
                                         {s.name: s.dtype for s in self.inputs})
 
     def clone(self) -> "Model":
-        graph = copy.deepcopy(self.graph)
+        # graphsurgeon graphs copy themselves (deepcopy recurses through their producer/consumer links)
+        graph = copy.deepcopy(self.graph) if self.kind == "fx" else self.graph.copy()
         return Model(self.kind, graph, list(self.inputs), list(self.outputs), self.reference, self.source_sha256,
                      list(self.example_inputs), self.original_module)
 

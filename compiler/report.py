@@ -37,6 +37,10 @@ def render(result) -> str:
         lines += ["", f"Host latency (median, batch as declared, {threads} thread(s)): {v.latency_ms:.3f} ms"
                   + (f"; built without the schedule's passes {v.baseline_latency_ms:.3f} ms (the passes make it "
                      f"{v.baseline_latency_ms / v.latency_ms:.2f}x as fast)" if v.baseline_latency_ms else "") + "."]
+    if v.baseline_size:
+        host_size = next(t.size for t in result.targets if t.kind == "host")
+        lines += ["", f"Host library size: {host_size:,} B; built without the schedule's passes "
+                      f"{v.baseline_size:,} B."]
     if v.devices:
         lines += ["", "| target | ran on | max-abs error vs original | vs host library | "
                       f"{v.metric if v.metric != 'none' else 'metric'} |", "|---|---|---:|---:|---:|"]

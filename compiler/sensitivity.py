@@ -97,7 +97,7 @@ def analyze_sensitivity(sched_path, ratios: Sequence[float] = DEFAULT_RATIOS, ou
                         log: Callable[[str], None] = print) -> SensitivityTable:
     """Prune each channel group alone at each of ``ratios``, evaluate, and write the table and plot."""
     from aglmc.compiler.model import load_model
-    from aglmc.compiler.pipeline import _evaluation_batches, _load_datasets, _run_pass, check_schedule
+    from aglmc.compiler.pipeline import evaluation_batches, load_datasets, run_pass, check_schedule
     from aglmc.passes.base import get_pass
     from aglmc.passes.channel_graph import build_channel_graph
     from aglmc.passes.prune_channels import apply_plan, clone_graph
@@ -111,8 +111,8 @@ def analyze_sensitivity(sched_path, ratios: Sequence[float] = DEFAULT_RATIOS, ou
         raise ScheduleError(f"sensitivity ratios must lie in (0, 1), got {bad or list(ratios)}")
     checked = check_schedule(Path(sched_path), plugins)
     model = load_model(checked)
-    datasets = _load_datasets(checked, model)
-    evaluation = _evaluation_batches(checked, model, datasets)
+    datasets = load_datasets(checked, model)
+    evaluation = evaluation_batches(checked, model, datasets)
     ev = checked.evaluation
     metric = ev.metric if ev is not None and ev.metric and ev.metric != "none" else "cosine"
     if max_drop is None:
@@ -125,7 +125,7 @@ def analyze_sensitivity(sched_path, ratios: Sequence[float] = DEFAULT_RATIOS, ou
     prune_at = next((i for i, s in enumerate(steps) if s.name == "prune_channels"), None)
     for step in steps[:prune_at if prune_at is not None else 0]:
         log(f"sensitivity: running pass {step.name} first")
-        _run_pass(checked, step, model, datasets, log)
+        run_pass(checked, step, model, datasets, log)
     options = {p.name: p.default for p in get_pass("prune_channels").params}
     if prune_at is not None:
         step = steps[prune_at]
@@ -149,7 +149,7 @@ def analyze_sensitivity(sched_path, ratios: Sequence[float] = DEFAULT_RATIOS, ou
         for r in ratios:
             plan = plan_pruning(cg, scores, ratio=0.0, ratios={g.name: r}, min_channels=options["min_channels"],
                                 round_to=options["round_to"], groups=[g])
-            kept = (g.n_units - len(plan.removed.get(g.name, ()))) * g.width
+            kept = g.kept_channels(plan.removed.get(g.name, ()))
             if plan.empty:
                 value = baseline
             else:
