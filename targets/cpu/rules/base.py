@@ -63,6 +63,18 @@ def is_spatial(sch: s_tir.Schedule, block: SBlockRV) -> bool:
     return all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
 
 
+def single_reduction(sch: s_tir.Schedule) -> tuple[SBlockRV | None, str | None]:
+    """``(block, None)`` when the function has exactly one reduction block and every other block is injective
+    (the shape the kernel rules schedule), else ``(None, why not)``."""
+    blocks = root_blocks(sch)
+    reductions = [b for b in blocks if is_reduction(sch, b)]
+    if len(reductions) != 1:
+        return None, f"{len(reductions)} reduction blocks, want 1"
+    if not all(is_spatial(sch, b) for b in blocks if b not in reductions):
+        return None, "a block is neither injective nor the reduction"
+    return reductions[0], None
+
+
 def static_extent(sch: s_tir.Schedule, loop) -> int | None:
     """The loop's extent when it is a compile-time constant."""
     extent = sch.get(loop).extent

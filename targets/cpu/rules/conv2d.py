@@ -5,7 +5,7 @@ from __future__ import annotations
 from tvm import s_tir
 
 from ..isa import VectorISA
-from .base import CpuRule, is_reduction, is_spatial, root_blocks
+from .base import CpuRule, single_reduction
 from .gemm_kernel import match_gemm, schedule_gemm
 
 
@@ -26,13 +26,10 @@ class Conv2d(CpuRule):
     name = "conv2d"
 
     def schedule(self, sch: s_tir.Schedule, isa: VectorISA) -> str | None:
-        blocks = root_blocks(sch)
-        reductions = [b for b in blocks if is_reduction(sch, b)]
-        if len(reductions) != 1:
-            return f"{len(reductions)} reduction blocks, want 1"
-        if not all(is_spatial(sch, b) for b in blocks if b not in reductions):
-            return "a block is neither injective nor the reduction"
-        main = reductions[0]
+        reduction, reason = single_reduction(sch)
+        if reduction is None:
+            return reason
+        main = reduction
         if not any(len(r.region) == 4 for r in sch.get(main).reads):
             return "no 4-D operand"
         match = match_gemm(sch, main)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tvm import s_tir
 
 from ..isa import VectorISA
-from .base import CpuRule, is_reduction, is_spatial, root_blocks
+from .base import CpuRule, single_reduction
 from .window import schedule_window
 
 
@@ -22,17 +22,14 @@ class DepthwiseConv2d(CpuRule):
     name = "depthwise_conv2d"
 
     def schedule(self, sch: s_tir.Schedule, isa: VectorISA) -> str | None:
-        blocks = root_blocks(sch)
-        reductions = [b for b in blocks if is_reduction(sch, b)]
-        if len(reductions) != 1:
-            return f"{len(reductions)} reduction blocks, want 1"
-        if not all(is_spatial(sch, b) for b in blocks if b not in reductions):
-            return "a block is neither injective nor the reduction"
-        main = sch.get(reductions[0])
+        reduction, reason = single_reduction(sch)
+        if reduction is None:
+            return reason
+        main = sch.get(reduction)
         if len(main.reads) != 2 or any(len(r.region) != 4 for r in main.reads) or len(main.writes[0].region) != 4:
             return "not a 4-D input and 4-D weight"
         channel = main.writes[0].region[1].min
         weight_channel = main.reads[1].region[0].min
         if not channel.same_as(weight_channel):
             return "output channel does not index the weight's first axis (not depthwise)"
-        return schedule_window(sch, reductions[0], isa)
+        return schedule_window(sch, reduction, isa)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 
 from ..isa import VectorISA
-from .base import CpuRule, is_reduction, is_spatial, root_blocks
+from .base import CpuRule, single_reduction
 from .gemm_kernel import match_gemm, schedule_gemm
 
 
@@ -24,13 +24,10 @@ class Matmul(CpuRule):
     name = "matmul"
 
     def schedule(self, sch: s_tir.Schedule, isa: VectorISA) -> str | None:
-        blocks = root_blocks(sch)
-        reductions = [b for b in blocks if is_reduction(sch, b)]
-        if len(reductions) != 1:
-            return f"{len(reductions)} reduction blocks, want 1"
-        if not all(is_spatial(sch, b) for b in blocks if b not in reductions):
-            return "a block is neither injective nor the reduction"
-        main = reductions[0]
+        reduction, reason = single_reduction(sch)
+        if reduction is None:
+            return reason
+        main = reduction
         if not _plain_indices(sch, main):
             return "buffer indices are not plain loop variables (a window: see conv2d)"
         match = match_gemm(sch, main)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tvm import s_tir
 
 from ..isa import VectorISA
-from .base import CpuRule, is_reduction, is_spatial, root_blocks, static_extent
+from .base import CpuRule, single_reduction, static_extent
 from .window import schedule_window
 
 
@@ -22,16 +22,13 @@ class Pool2d(CpuRule):
     name = "pool2d"
 
     def schedule(self, sch: s_tir.Schedule, isa: VectorISA) -> str | None:
-        blocks = root_blocks(sch)
-        reductions = [b for b in blocks if is_reduction(sch, b)]
-        if len(reductions) != 1:
-            return f"{len(reductions)} reduction blocks, want 1"
-        if not all(is_spatial(sch, b) for b in blocks if b not in reductions):
-            return "a block is neither injective nor the reduction"
-        main = sch.get(reductions[0])
+        reduction, reason = single_reduction(sch)
+        if reduction is None:
+            return reason
+        main = sch.get(reduction)
         if len(main.reads) != 1 or len(main.reads[0].region) != 4 or len(main.writes[0].region) != 4:
             return "not a 4-D to 4-D window over one input"
-        loops = sch.get_loops(reductions[0])
+        loops = sch.get_loops(reduction)
         if len(loops) < 4 or (static_extent(sch, loops[3]) or 0) < 2:
             return "output rows of width < 2 (global pooling: see reduction)"
-        return schedule_window(sch, reductions[0], isa)
+        return schedule_window(sch, reduction, isa)
