@@ -1,20 +1,12 @@
 """fold_batchnorm on FX and ONNX: the graph before and after, and the numerics on seeded inputs."""
 
-from collections import Counter
-
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
-from aglmc.passes.base import PassContext, get_pass
-from aglmc.passes.select import fx_op_name, make_selector
-
-
-def _fx_ops(gm):
-    return Counter(fx_op_name(n) for n in gm.graph.nodes if n.op == "call_function")
+from aglmc.passes._testing import fx_ops, onnx_model, run_onnx, run_pass
 
 
 class _Net(torch.nn.Module):
@@ -53,12 +45,12 @@ def test_fold_batchnorm_fx_before_after_and_numerics():
     x = torch.randn(2, 3, 6, 6)
     reference = net(x)
     gm = torch.export.export(net, (x,)).module()
-    before = _fx_ops(gm)
+    before = fx_ops(gm)
     assert before["aten.batch_norm"] == 4 and before["aten.conv2d"] == 3
 
-    result = get_pass("fold_batchnorm")().run("fx", gm, PassContext(selects=make_selector("fx")))
+    result = run_pass("fold_batchnorm", "fx", gm)
 
-    after = _fx_ops(gm)
+    after = fx_ops(gm)
     assert result.changed and result.summary == "folded 3 batch norm(s), left 1"
     assert after["aten.batch_norm"] == 1  # bn3: conv3's output is also read by the residual add
     assert after["aten.conv2d"] == 3 and after["aten.linear"] == 1
@@ -72,24 +64,21 @@ def test_fold_batchnorm_fx_respects_selector():
     net = _seeded_net()
     x = torch.randn(1, 3, 6, 6)
     gm = torch.export.export(net, (x,)).module()
-    result = get_pass("fold_batchnorm")().run("fx", gm, PassContext(selects=make_selector("fx", ops=("linear",))))
+    result = run_pass("fold_batchnorm", "fx", gm, ops=("linear",))
     assert result.summary == "folded 1 batch norm(s), left 3"
-    assert _fx_ops(gm)["aten.batch_norm"] == 3
+    assert fx_ops(gm)["aten.batch_norm"] == 3
     torch.testing.assert_close(gm(x), net(x), rtol=1e-5, atol=1e-5)
 
 
 def _onnx_conv_bn_model(rng):
-    def const(name, arr):
-        return numpy_helper.from_array(arr.astype(np.float32), name)
-
-    inits = [
-        const("W", rng.standard_normal((8, 3, 3, 3))), const("B", rng.standard_normal(8)),
-        const("gamma", rng.uniform(0.5, 1.5, 8)), const("beta", rng.uniform(-0.5, 0.5, 8)),
-        const("mean", rng.uniform(-1, 1, 8)), const("var", rng.uniform(0.5, 2, 8)),
-        const("W2", rng.standard_normal((10, 8 * 4 * 4))), const("B2", rng.standard_normal(10)),
-        const("g2", rng.uniform(0.5, 1.5, 10)), const("b2", rng.uniform(-0.5, 0.5, 10)),
-        const("m2", rng.uniform(-1, 1, 10)), const("v2", rng.uniform(0.5, 2, 10)),
-    ]
+    inits = {
+        "W": rng.standard_normal((8, 3, 3, 3)), "B": rng.standard_normal(8),
+        "gamma": rng.uniform(0.5, 1.5, 8), "beta": rng.uniform(-0.5, 0.5, 8),
+        "mean": rng.uniform(-1, 1, 8), "var": rng.uniform(0.5, 2, 8),
+        "W2": rng.standard_normal((10, 8 * 4 * 4)), "B2": rng.standard_normal(10),
+        "g2": rng.uniform(0.5, 1.5, 10), "b2": rng.uniform(-0.5, 0.5, 10),
+        "m2": rng.uniform(-1, 1, 10), "v2": rng.uniform(0.5, 2, 10),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", pads=[0, 0, 0, 0]),
         helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["n"], name="bn",
@@ -99,16 +88,7 @@ def _onnx_conv_bn_model(rng):
         helper.make_node("Gemm", ["f", "W2", "B2"], ["g"], name="fc", transB=1),
         helper.make_node("BatchNormalization", ["g", "g2", "b2", "m2", "v2"], ["y"], name="bn_fc"),
     ]
-    graph = helper.make_graph(nodes, "convbn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    return model
-
-
-def _ort(model, x):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": x})[0]
+    return onnx_model(nodes, {"x": [2, 3, 6, 6]}, {"y": [2, 10]}, inits)
 
 
 def test_fold_batchnorm_onnx_before_after_and_numerics():
@@ -119,10 +99,10 @@ def test_fold_batchnorm_onnx_before_after_and_numerics():
     assert [n.op for n in graph.nodes] == ["Conv", "BatchNormalization", "Relu", "Flatten", "Gemm",
                                            "BatchNormalization"]
 
-    result = get_pass("fold_batchnorm")().run("onnx", graph, PassContext(selects=make_selector("onnx")))
+    result = run_pass("fold_batchnorm", "onnx", graph)
 
     assert result.changed and result.summary == "folded 2 batch norm(s)"
     assert [n.op for n in graph.nodes] == ["Conv", "Relu", "Flatten", "Gemm"]
     folded = gs.export_onnx(graph)
     onnx.checker.check_model(folded)
-    np.testing.assert_allclose(_ort(folded, x), _ort(model, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_onnx(folded, x=x)[0], run_onnx(model, x=x)[0], rtol=1e-5, atol=1e-5)

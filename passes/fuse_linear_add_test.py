@@ -1,24 +1,17 @@
 """fuse_linear_add on FX and ONNX: the graph before and after, the reasons it declines, the numerics."""
 
-from collections import Counter
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 import torch
+from aglmc.passes._testing import fx_ops, run_onnx, run_pass
+from aglmc.passes.select import fx_op_name
 from onnx import TensorProto, helper, numpy_helper
-
-from aglmc.passes.base import PassContext, get_pass
-from aglmc.passes.select import fx_op_name, make_selector
-
-
-def _fx_ops(gm):
-    return Counter(fx_op_name(n) for n in gm.graph.nodes if n.op == "call_function")
 
 
 def _run(kind, graph, ops=()):
-    return get_pass("fuse_linear_add")().run(kind, graph, PassContext(selects=make_selector(kind, ops)))
+    return run_pass("fuse_linear_add", kind, graph, ops)
 
 
 class _Net(torch.nn.Module):
@@ -47,12 +40,12 @@ def test_fuse_linear_add_fx_before_after_and_numerics():
     x = torch.randn(2, 3, 4, 4)
     reference = net(x)
     gm = torch.export.export(net, (x,)).module()
-    before = _fx_ops(gm)
+    before = fx_ops(gm)
     assert (before["aten.add.Tensor"], before["aten.sub.Tensor"]) == (4, 1)
 
     result = _run("fx", gm)
 
-    after = _fx_ops(gm)
+    after = fx_ops(gm)
     assert (after["aten.add.Tensor"], after["aten.sub.Tensor"]) == (2, 0)
     assert result.summary == "folded 3 add(s) into biases, declined 2"
     assert result.details[0].startswith("applied at conv + add")
@@ -123,10 +116,6 @@ def _onnx_model(rng):
     return model
 
 
-def _ort(model, x):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": x})[0]
-
 
 def test_fuse_linear_add_onnx_before_after_and_numerics():
     rng = np.random.default_rng(0)
@@ -147,4 +136,4 @@ def test_fuse_linear_add_onnx_before_after_and_numerics():
     ]
     fused = gs.export_onnx(graph)
     onnx.checker.check_model(fused)
-    np.testing.assert_allclose(_ort(fused, x), _ort(model, x), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(run_onnx(fused, x=x)[0], run_onnx(model, x=x)[0], rtol=1e-5, atol=1e-4)

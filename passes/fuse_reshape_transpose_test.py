@@ -5,12 +5,10 @@ from collections import Counter
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 import torch
+from aglmc.passes._testing import run_onnx, run_pass
+from aglmc.passes.select import fx_op_kind
 from onnx import TensorProto, helper, numpy_helper
-
-from aglmc.passes.base import PassContext, get_pass
-from aglmc.passes.select import fx_op_kind, make_selector
 
 
 def _kinds(gm):
@@ -18,7 +16,7 @@ def _kinds(gm):
 
 
 def _run(kind, graph, ops=()):
-    return get_pass("fuse_reshape_transpose")().run(kind, graph, PassContext(selects=make_selector(kind, ops)))
+    return run_pass("fuse_reshape_transpose", kind, graph, ops)
 
 
 class _Net(torch.nn.Module):
@@ -84,10 +82,6 @@ def _onnx_model():
     return model
 
 
-def _ort(model, x):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": x})
-
 
 def test_fuse_reshape_transpose_onnx_before_after_and_numerics():
     model = _onnx_model()
@@ -106,5 +100,5 @@ def test_fuse_reshape_transpose_onnx_before_after_and_numerics():
     assert Counter(n.op for n in graph.nodes) == Counter({"Reshape": 2, "Flatten": 1, "Relu": 1, "Transpose": 1})
     fused = gs.export_onnx(graph)
     onnx.checker.check_model(fused)
-    for got, want in zip(_ort(fused, x), _ort(model, x)):
+    for got, want in zip(run_onnx(fused, x=x), run_onnx(model, x=x)):
         np.testing.assert_array_equal(got, want)

@@ -5,27 +5,21 @@ from collections import Counter
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
-
 from aglmc.compiler.data import Dataset
 from aglmc.errors import PassError
-from aglmc.passes.base import PassContext, get_pass
-from aglmc.passes.select import fx_op_name, make_selector
+from aglmc.passes._testing import fx_ops, run_onnx, run_pass
+from aglmc.passes.base import get_pass
+from aglmc.passes.select import fx_op_name
+from onnx import TensorProto, helper, numpy_helper
 
 torch.set_num_threads(1)
 
 
-def _fx_ops(gm):
-    return Counter(fx_op_name(n) for n in gm.graph.nodes if n.op == "call_function")
 
-
-def _run(kind, graph, ops=(), path=None, datasets=None, example=None, **params):
-    ctx = PassContext(selects=make_selector(kind, ops, path), datasets=datasets or {},
-                      example_inputs=example or {})
-    return get_pass("lowrank_svd")(**params).run(kind, graph, ctx)
+def _run(kind, graph, **kwargs):
+    return run_pass("lowrank_svd", kind, graph, **kwargs)
 
 
 class _Net(torch.nn.Module):
@@ -51,12 +45,12 @@ def test_fx_full_rank_reproduces_outputs_and_shows_the_factored_graph():
     net, x = _net_and_input()
     reference = net(x)
     gm = torch.export.export(net, (x,)).module()
-    before = _fx_ops(gm)
+    before = fx_ops(gm)
     assert (before["aten.conv2d"], before["aten.linear"]) == (3, 2)
 
     result = _run("fx", gm, rank_ratio=1.0, require_saving=False)
 
-    after = _fx_ops(gm)
+    after = fx_ops(gm)
     assert (after["aten.conv2d"], after["aten.linear"]) == (5, 4)  # conv, pw and both linears became two ops
     assert result.summary.startswith("factored 4 layer(s)") and result.summary.endswith("declined 1")
     assert "declined at dw: grouped convolution (groups=16)" in result.details[1]
@@ -83,7 +77,7 @@ def test_fx_selector_and_rank_rounding():
     result = _run("fx", gm, ops=("linear",), path="fc", rank=5, round_to=8)
     assert result.summary == "factored 1 layer(s): weights 12,288 -> 3,328 (-72.9%)"
     assert result.details[0].startswith("applied at fc: linear 32x384 -> rank 8 of 32")
-    assert _fx_ops(gm)["aten.linear"] == 3
+    assert fx_ops(gm)["aten.linear"] == 3
     # the new nodes carry the module path and static shapes, for selectors and later passes
     shapes = {n.name: tuple(n.meta["val"].shape) for n in gm.graph.nodes if fx_op_name(n) == "aten.linear"}
     assert sorted(shapes.values()) == [(2, 8), (2, 10), (2, 32)]
@@ -201,10 +195,6 @@ def _onnx_model(rng):
     return model
 
 
-def _ort(model, x):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": x})[0]
-
 
 def test_onnx_full_rank_reproduces_outputs_and_shows_the_factored_graph():
     rng = np.random.default_rng(0)
@@ -221,7 +211,7 @@ def test_onnx_full_rank_reproduces_outputs_and_shows_the_factored_graph():
         {"Conv": 3, "Relu": 1, "Flatten": 1, "Gemm": 2, "MatMul": 2, "Add": 1})
     factored = gs.export_onnx(graph)
     onnx.checker.check_model(factored)
-    np.testing.assert_allclose(_ort(factored, x), _ort(model, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_onnx(factored, x=x)[0], run_onnx(model, x=x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_onnx_low_rank_and_data_aware():
@@ -230,7 +220,7 @@ def test_onnx_low_rank_and_data_aware():
     scales = np.geomspace(0.05, 5.0, 3)[None, :, None, None]
     calib = (rng.standard_normal((16, 3, 8, 8)) * scales).astype(np.float32)
     heldout = (rng.standard_normal((2, 3, 8, 8)) * scales).astype(np.float32)
-    reference = _ort(model, heldout)
+    reference = run_onnx(model, x=heldout)[0]
     errors = {}
     for name, extra in (("plain", {}), ("whiten", {"data": "calib"})):
         graph = gs.import_onnx(model)
@@ -238,7 +228,7 @@ def test_onnx_low_rank_and_data_aware():
                       example={"x": heldout}, **extra)
         assert result.summary.startswith("factored 1 layer(s): weights 10,240 -> 1,184 (-88.4%)")
         assert [n.op for n in graph.nodes].count("Gemm") == 2
-        errors[name] = float(np.linalg.norm(_ort(gs.export_onnx(graph), heldout) - reference))
+        errors[name] = float(np.linalg.norm(run_onnx(gs.export_onnx(graph), x=heldout)[0] - reference))
     assert errors["whiten"] < 0.8 * errors["plain"], errors
 
 
