@@ -101,7 +101,7 @@ def schedule_copy(sched: Path, dest: Path, extra: str = "", replace: dict | None
     import re
 
     text = sched.read_text()
-    text = re.sub(r'"([^"/]+\.(?:py:\w+|onnx|npz))"', lambda m: f'"{sched.parent / m.group(1)}"', text)
+    text = re.sub(r'"((?!/)[^"]+\.(?:py:\w+|onnx|npz))"', lambda m: f'"{sched.parent / m.group(1)}"', text)
     for old, new in (replace or {}).items():
         assert old in text, f"{old!r} is not in {sched}"
         text = text.replace(old, new)
