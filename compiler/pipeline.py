@@ -429,6 +429,9 @@ def _package(result: BuildResult, stage: Path) -> None:
     artifact.write_text_atomic(stage / artifact.SCHEDULE, format_schedule(checked))
     artifact.write_json_atomic(stage / artifact.MANIFEST, _manifest(result))
     artifact.write_text_atomic(stage / artifact.REPORT, report.render(result))
+    # aglmc issue 6: a quantized ONNX model is also delivered as the QDQ model onnxruntime runs
+    if result.model.kind == "onnx" and any("quantized" in get_pass(p.name).guarantees for p in result.passes):
+        (stage / "model.qdq.onnx").write_bytes(result.model.onnx_bytes())
 
 
 def _manifest(result: BuildResult) -> dict:

@@ -18,9 +18,11 @@ from typing import Any, Mapping, Optional
 import tvm
 
 from aglmc.dsl.params import Param
+from aglmc.errors import TargetError
 from aglmc.targets.base import BuildInfo, Target, register_target
 from aglmc.targets.llvm import build_library, check_features, cpu_check
 from aglmc.targets.toolchain import LINKERS, find_linker
+from aglmc.targets.tuning.settings import TUNE_PARAMS  # aglmc issue 7: tune_* settings
 
 DEFAULT_TRIPLE = "aarch64-linux-gnu"
 
@@ -51,9 +53,10 @@ class ArmTarget(Target):
               doc="zig (the ziglang package, no system packages) or gcc (Debian's g++-aarch64-linux-gnu)"),
         Param("board", "str", default="",
               doc="verify the library on this board after building: KEY@HOST:PORT (a tracker), HOST:PORT or KEY "
-                  "(at the local tracker); empty: no board"),
+                  "(at the local tracker); empty: no board. Tuning measures on it too (a tracker key)"),
         Param("board_jobs", "int", default=1, min=1,
-              doc="boards of the key used in parallel for that verification (a farm)"),
+              doc="boards of the key used in parallel for that verification, and for tuning (a farm)"),
+        *TUNE_PARAMS,  # aglmc issue 7
     )
 
     @classmethod
@@ -68,3 +71,24 @@ class ArmTarget(Target):
         linker = find_linker(s["linker"], s["triple"])  # before compiling: a missing toolchain fails fast
         return build_library(cls.kind, mod, cls.tvm_target(s), s, out_path, linker, machine="aarch64",
                              database=database)
+
+    # aglmc issue 7: autotuning, measured on the board named by `board` (boards of a key: a farm)
+    @classmethod
+    def tune(cls, mod: tvm.IRModule, settings: Mapping[str, Any], *, trials: Optional[int] = None,
+             base_dir: Optional[Path] = None, log=print, **options):
+        """Tune ``mod``'s kernels on the board ``board`` (``board_jobs`` boards of its key in parallel) into the
+        arm target's tuning database; candidates are cross-linked here into ready aarch64 libraries."""
+        from aglmc.targets.tuning import RunnerSpec, tune_kernels
+
+        s = cls.resolve(settings)
+        budget = s["tune_trials"] if trials is None else trials
+        if not s["board"]:
+            if budget > 0:
+                raise TargetError("tuning the arm target measures candidates on a board, and its block names none",
+                                  hint='set board = "KEY@HOST:PORT" (a tracker key); aglmc board start --emulated '
+                                       "starts an emulated one")
+            options["report_defaults"] = False  # nothing to time them on
+        linker = find_linker(s["linker"], s["triple"])
+        runner = RunnerSpec(s["board"] or None, s["board_jobs"])
+        return tune_kernels(mod, cls.tvm_target(s), s, linker, runner, kind=cls.kind, trials=trials,
+                            base_dir=base_dir, log=log, **options)

@@ -36,7 +36,11 @@ def relax_from_torch(model, example_args: Tuple[Any, ...]) -> tvm.IRModule:
     except Exception as e:  # torch raises many kinds (UserError, Unsupported, TypeError ...)
         raise ModelError(f"torch.export could not export {type(model).__name__}: {error_summary(e)}") from e
     try:
-        return from_exported_program(program, keep_params_as_input=False)
+        # issue 6 (INT8): converters for torch.ops.quantized_decomposed, which TVM 0.27's frontend lacks
+        from aglmc.targets.quant import TORCH_QDQ_CONVERTERS
+
+        return from_exported_program(program, keep_params_as_input=False,
+                                     custom_convert_map=TORCH_QDQ_CONVERTERS)
     except Exception as e:
         unsupported = _unsupported_ops(e)
         if unsupported:

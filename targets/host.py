@@ -16,6 +16,7 @@ from aglmc.dsl.params import Param
 from aglmc.targets.base import BuildInfo, Target, register_target
 from aglmc.targets.llvm import build_library, check_features, cpu_check, usable_cores
 from aglmc.targets.toolchain import host_linker
+from aglmc.targets.tuning.settings import TUNE_PARAMS  # aglmc issue 7: tune_* settings
 
 # CPU model names (from /proc/cpuinfo) that LLVM's detection gets wrong. Hypervisors often pass through the
 # instruction set of a new CPU with an old or made-up model number: this machine reports model 167, which LLVM
@@ -84,6 +85,7 @@ class HostTarget(Target):
               doc="LLVM CPU name (-mcpu); default: detected from /proc/cpuinfo, else LLVM's guess"),
         Param("features", "list[str]", default=(), check=check_features,
               doc="extra LLVM features (-mattr), each +name or -name"),
+        *TUNE_PARAMS,  # aglmc issue 7
     )
 
     @classmethod
@@ -98,3 +100,14 @@ class HostTarget(Target):
     def build(cls, mod: tvm.IRModule, settings: Mapping[str, Any], out_path: Path, *, database=None) -> BuildInfo:
         s = cls.resolve(settings)
         return build_library(cls.kind, mod, cls.tvm_target(s), s, out_path, host_linker(), database=database)
+
+    # aglmc issue 7: autotuning, measured on this machine
+    @classmethod
+    def tune(cls, mod: tvm.IRModule, settings: Mapping[str, Any], *, trials: Optional[int] = None,
+             base_dir: Optional[Path] = None, log=print, **options):
+        """Tune ``mod``'s kernels on this machine into the host's tuning database (see aglmc.targets.tuning)."""
+        from aglmc.targets.tuning import RunnerSpec, tune_kernels
+
+        s = cls.resolve(settings)
+        return tune_kernels(mod, cls.tvm_target(s), s, host_linker(), RunnerSpec(), kind=cls.kind, trials=trials,
+                            base_dir=base_dir, log=log, **options)

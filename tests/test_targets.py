@@ -117,7 +117,9 @@ def test_arm_defaults_and_tvm_target():
     arm = get_target("arm")
     s = arm.resolve({})
     assert s == {"triple": "aarch64-linux-gnu", "cpu": "cortex-a72", "features": ("+neon",), "threads": 4,
-                 "linker": "zig", "board": "", "board_jobs": 1}
+                 "linker": "zig", "board": "", "board_jobs": 1,
+                 # aglmc issue 7: the tuning settings (no tuning by default)
+                 "tune_trials": 0, "tune_seconds": 0.0, "tune_tasks": 0, "cost_model": "xgb", "tuning_db": ""}
     t = arm.tvm_target({"cpu": "cortex-a76", "features": ["+neon", "+dotprod"], "threads": 2})
     assert str(t.attrs["mtriple"]) == "aarch64-linux-gnu" and str(t.attrs["mcpu"]) == "cortex-a76"
     assert list(t.attrs["mattr"]) == ["+neon", "+dotprod"] and int(t.attrs["num-cores"]) == 2

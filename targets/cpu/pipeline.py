@@ -28,6 +28,9 @@ from aglmc.errors import TargetError
 
 from aglmc.targets.relax_fusion import FusePatterns
 
+from aglmc.targets.quant.int8_rule import Int8Matmul, WeightOnlyMatmul  # issue 6 (INT8)
+from aglmc.targets.quant.lower_qdq import lower_qdq_pass  # issue 6 (INT8)
+
 from .isa import vector_isa
 from .report import ScheduleReport, annotate_macs
 from .rules import CpuRule, default_rules
@@ -38,8 +41,10 @@ def pipeline_steps(
 ) -> list[tuple[str, tvm.transform.Pass]]:
     """The named steps of :func:`cpu_pipeline`, each one ``Sequential`` pass carrying that name."""
     vector_isa(target)  # raises TargetError for a non-CPU target
-    rules = default_rules() if rules is None else rules
+    rules = [Int8Matmul(), WeightOnlyMatmul(), *default_rules()] if rules is None else rules  # issue 6: int kernels
     steps = [
+        # issue 6 (INT8): Q/DQ chains -> int8 x int8 -> int32 kernels; must run before legalize/FoldConstant
+        ("lower Q/DQ", [lower_qdq_pass(target)]),
         ("library dispatch", cpu_generic.library_dispatch_passes(target)),
         (
             "legalize and fuse",
