@@ -129,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="where to write (default: here)")
     se.add_argument("--plugin", action="append", type=Path, default=[], metavar="FILE.py")
 
+    from aglmc.compiler.llm import add_generate_parser
+
+    add_generate_parser(sub)  # aglmc generate: greedy decoding with an LLM artifact (prefill + decode)
+
     ps = sub.add_parser("passes", help="list the passes a schedule can use, with their parameters")
     ps.add_argument("--plugin", action="append", type=Path, default=[], metavar="FILE.py")
     return p

@@ -9,6 +9,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from aglmc.compiler.llm import cmd_generate  # noqa: F401  (aglmc generate, dispatched by name)
 from aglmc.errors import ArtifactError, ScheduleError
 
 

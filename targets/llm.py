@@ -28,7 +28,6 @@ the host, a remote tensor on a board, a numpy array for vulkan).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -146,42 +145,6 @@ def constant_bytes(mod: tvm.IRModule) -> Dict[str, int]:
 
 
 # ---- building ------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def symbolic_reshape_guard():
-    """Keep ``relax_fusion``'s ``flatten_dense`` off reshapes whose target shape is symbolic.
-
-    FuseOpsByPattern lifts such a shape (``R.shape([1, n, 64])``) into a parameter of the fused function, and
-    LegalizeOps then fails on it (``AssertionError`` in ``reshape_call_te``): every prefill with a symbolic
-    length has one (the attention output flattened into ``o_proj``). This declines those sites for the
-    duration of an LLM build; it is a no-op once ``relax_fusion._dense_check`` declines them itself.
-    """
-    try:
-        from aglmc.targets import relax_fusion
-    except ImportError:  # pragma: no cover - an older tree without pattern fusion
-        yield
-        return
-    original = getattr(relax_fusion, "_dense_check", None)
-    if original is None:  # pragma: no cover
-        yield
-        return
-
-    def check(ctx):
-        for expr in ctx.matched_bindings.values():
-            op = getattr(expr, "op", None)
-            if getattr(op, "name", None) == "relax.reshape" and len(expr.args) > 1:
-                shape = expr.args[1]
-                dims = getattr(shape, "values", None)
-                if dims is None or any(not isinstance(d, tvm.tirx.IntImm) for d in dims):
-                    return "the flatten's target shape is symbolic"
-        return original(ctx)
-
-    relax_fusion._dense_check = check
-    try:
-        yield
-    finally:
-        relax_fusion._dense_check = original
-
-
 @dataclass
 class LlmLibrary:
     """One target's LLM build: ``files`` maps each entry point to the file (in the artifact) that holds it."""
@@ -217,16 +180,15 @@ def build_llm_library(kind: str, mod: tvm.IRModule, settings: Mapping[str, Any],
     out_dir = Path(out_dir)
     files = library_files(kind)
     start = time.perf_counter()
-    with symbolic_reshape_guard():
-        if kind == "vulkan":
-            if WEIGHTS_FUNCTION in [gv.name_hint for gv in mod.get_global_vars()]:
-                raise TargetError("the vulkan target needs the weights bound (merge_functions(..., bind=True))")
-            info = {}
-            for name in FUNCTIONS:
-                sub = tvm.IRModule({"main": mod[name].with_attr("global_symbol", "main")})
-                info[name] = target.build(sub, settings, out_dir / files[name])
-        else:
-            info = target.build(mod, settings, out_dir / files[FUNCTIONS[0]])
+    if kind == "vulkan":
+        if WEIGHTS_FUNCTION in [gv.name_hint for gv in mod.get_global_vars()]:
+            raise TargetError("the vulkan target needs the weights bound (merge_functions(..., bind=True))")
+        info = {}
+        for name in FUNCTIONS:
+            sub = tvm.IRModule({"main": mod[name].with_attr("global_symbol", "main")})
+            info[name] = target.build(sub, settings, out_dir / files[name])
+    else:
+        info = target.build(mod, settings, out_dir / files[FUNCTIONS[0]])
     size = sum((out_dir / f).stat().st_size for f in set(files.values()))
     return LlmLibrary(kind, files, size, time.perf_counter() - start, info)
 

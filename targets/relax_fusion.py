@@ -274,8 +274,15 @@ def _dense_check(ctx) -> Optional[str]:
     if ndim != 2:
         return f"right operand is {ndim}-D, not a 2-D weight (an activation product)"
     for var, expr in ctx.matched_bindings.items():
-        if _op_name(expr) == "relax.reshape" and len(ctx.var_usages.get(var, [])) != 1:
+        if _op_name(expr) != "relax.reshape":
+            continue
+        if len(ctx.var_usages.get(var, [])) != 1:
             return f"the flattened tensor {var.name} is also read elsewhere"
+        # FuseOpsByPattern would lift a symbolic target shape (R.shape([1, n, 64])) into a parameter of the
+        # fused function, which LegalizeOps cannot lower (a prefill of dynamic length has one per layer)
+        dims = getattr(expr.args[1], "values", None) if len(expr.args) > 1 else None
+        if dims is None or any(not isinstance(d, tvm.tirx.IntImm) for d in dims):
+            return "the flatten's target shape is symbolic"
     return None
 
 
