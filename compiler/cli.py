@@ -46,8 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     # aglmc issue 7: autotuning
     t = sub.add_parser("tune", help="tune the kernels of a schedule's targets into their tuning databases",
                        description="Import the schedule's model and run its passes as a build does, then tune the "
-                                   "kernels of each target whose block sets tune_trials (MetaSchedule, measured on "
-                                   "this machine, or on the arm block's board). Every measured candidate lands in "
+                                   "kernels of each target whose block sets a budget (tune_trials, tune_seconds) "
+                                   "with MetaSchedule, measured on this machine or on the arm block's board. "
+                                   "Every measured candidate lands in "
                                    "the target's tuning database at once, so an interrupted run resumes where it "
                                    "stopped; a later `aglmc build` applies the best kernels.")
     t.add_argument("schedule", type=Path, help="the .sched file")

@@ -3,7 +3,7 @@
     check schedule → import model → load data → each scheduled pass → legalize for TVM → import to Relax →
     tune each target that asks for it
 
-``aglmc build`` runs the same "tune <target>" step before building a target whose block sets ``tune_trials``
+``aglmc build`` runs the same "tune <target>" step before building a target whose block sets a tuning budget
 (a database that already holds the budget makes it a no-op) and always builds with the target's tuning
 database. The tuning itself lives in :mod:`aglmc.targets.tuning`; this module only wires it to schedules.
 """
@@ -33,9 +33,12 @@ def tunable(kind: str) -> bool:
     return is_tunable(get_target(kind))
 
 
-def tuning_budget(kind: str, settings: Dict[str, Any]) -> int:
-    """The ``tune_trials`` a target block asks for (0 for targets that do not tune)."""
-    return int(settings.get("tune_trials", 0)) if tunable(kind) else 0
+def tuning_budget(kind: str, settings: Dict[str, Any]) -> bool:
+    """Whether a target block asks for tuning (``tune_trials`` or ``tune_seconds``; never for targets that
+    do not tune)."""
+    from aglmc.targets.tuning import wants_tuning
+
+    return tunable(kind) and wants_tuning(settings)
 
 
 def tune_target(kind: str, settings: Dict[str, Any], relax_mod, log: Callable[[str], None],
@@ -62,7 +65,8 @@ def tune_schedule(sched_path: Path, options, trials: Optional[int] = None, kinds
                   report: bool = False) -> List:
     """``aglmc tune``: the schedule's model through its passes, then tuning; one TuningReport per target tuned.
 
-    Targets: ``kinds`` when given; else those whose block sets ``tune_trials``; else (with ``trials``) the host.
+    Targets: ``kinds`` when given; else those whose block sets ``tune_trials`` or ``tune_seconds``; else (with
+    ``trials``) the host.
     ``trials`` overrides the blocks' ``tune_trials``. With ``report`` the default schedules are timed even when
     nothing is left to tune, so every report row has its baseline.
     """
@@ -96,10 +100,11 @@ def _choose_targets(checked: CheckedSchedule, targets, trials: Optional[int], ki
                                 f"(tunable here: {', '.join(t.kind for t in targets) or 'none'})",
                                 hint="add the target block to the schedule")
         return [t for t in targets if t.kind in kinds]
-    asked = [t for t in targets if int(t.params.get("tune_trials", 0)) > 0]
+    asked = [t for t in targets if tuning_budget(t.kind, dict(t.params))]
     if asked:
         return asked
     if trials:
         return [t for t in targets if t.kind == "host"]
-    raise ScheduleError(f"{checked.schedule.path}: no target block sets tune_trials, so there is nothing to tune",
+    raise ScheduleError(f"{checked.schedule.path}: no target block sets tune_trials or tune_seconds, so there is "
+                        "nothing to tune",
                         hint="set tune_trials = N in a target block, or pass --trials N (tunes the host)")

@@ -81,9 +81,9 @@ class ArmTarget(Target):
         from aglmc.targets.tuning import RunnerSpec, tune_kernels
 
         s = cls.resolve(settings)
-        budget = s["tune_trials"] if trials is None else trials
+        asks = trials > 0 if trials is not None else (s["tune_trials"] > 0 or s["tune_seconds"] > 0)
         if not s["board"]:
-            if budget > 0:
+            if asks:
                 raise TargetError("tuning the arm target measures candidates on a board, and its block names none",
                                   hint='set board = "KEY@HOST:PORT" (a tracker key); aglmc board start --emulated '
                                        "starts an emulated one")

@@ -259,6 +259,9 @@ def test_time_budget_keeps_what_was_measured(digits, cache):
                                      search=SMALL, measure=QUICK, log=lambda _m: None)
     assert report.stopped == "time" and report.trials_run == 0
     assert report.tasks[0].default_seconds is not None  # the baseline was timed and kept
+    alone = get_target("host").tune(mod, {"threads": 1, "tune_tasks": 1, "tune_seconds": 0.01},
+                                    search=SMALL, measure=QUICK, log=lambda _m: None)
+    assert alone.stopped == "time" and alone.tasks[0].budget == 64  # a time budget alone still tunes
 
 
 def test_arm_tuning_needs_a_board(digits, cache):
@@ -285,34 +288,47 @@ print("TRIALS_RUN", report.trials_run, flush=True)
 
 @pytest.mark.slow
 def test_killed_tuning_resumes_from_the_database(cache, tmp_path):
-    """SIGKILL a tuning run once its first batch is recorded; the rerun measures only the rest of the budget."""
-    trials = 16
+    """SIGKILL a tuning run once its first batch is recorded, Ctrl-C the rerun after its next batch; the third
+    run measures only what is left of the budget."""
+    trials = 24
     script = tmp_path / "tune_digits.py"
     script.write_text(textwrap.dedent(RESUME_SCRIPT.format(digits=str(DIGITS), trials=trials)))
     env = dict(os.environ, AGLMC_TUNING_DB=str(cache))
-    target = host_target({"threads": 1})
-    db = TuningDatabase(database_folder(target))
+    db = TuningDatabase(database_folder(host_target({"threads": 1})))
 
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen([sys.executable, str(script)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)  # its own process group: the build/run workers die with it
-    try:
-        deadline = time.monotonic() + 600
-        while not (db.folder / RECORDS).is_file() or db.scan().records < 4:
-            assert first.poll() is None, f"the first run ended before it was killed: {_tail(tmp_path / 'first.log')}"
-            assert time.monotonic() < deadline, "no trial was recorded within 10 minutes"
-            time.sleep(0.1)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-        log.close()
-    recorded = db.scan().records
-    assert 4 <= recorded < trials, _tail(tmp_path / "first.log")
+    def run_until(records: int, sig: int, name: str) -> int:
+        log = open(tmp_path / f"{name}.log", "w")
+        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own process group: its workers die with it
+        try:
+            deadline = time.monotonic() + 600
+            while not (db.folder / RECORDS).is_file() or db.scan().records < records:
+                assert proc.poll() is None, f"{name} ended before it was stopped: {_tail(tmp_path / f'{name}.log')}"
+                assert time.monotonic() < deadline, f"{name}: no trial was recorded within 10 minutes"
+                time.sleep(0.1)
+            os.kill(proc.pid, sig) if sig == signal.SIGINT else os.killpg(proc.pid, sig)
+            return proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            log.close()
 
-    second = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-    assert f"{trials} trials, {recorded} already in" in second.stdout
-    assert f"TRIALS_RUN {trials - recorded}" in second.stdout
+    assert run_until(1, signal.SIGKILL, "killed") == -signal.SIGKILL
+    killed = db.scan().records
+    assert 1 <= killed < trials, _tail(tmp_path / "killed.log")  # a batch is committed record by record
+
+    code = run_until(killed + 1, signal.SIGINT, "interrupted")  # Ctrl-C: the batch in flight is finished
+    interrupted = db.scan().records
+    log = (tmp_path / "interrupted.log").read_text()
+    assert code != 0 and "stopping after this batch" in log and "interrupted;" in log, log[-2000:]
+    assert f"{trials} trials, {killed} already in" in log
+    assert interrupted < trials and (interrupted - killed) % 4 == 0  # whole batches: nothing lost
+
+    last = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
+    assert last.returncode == 0, last.stdout[-2000:] + last.stderr[-2000:]
+    assert f"{trials} trials, {interrupted} already in" in last.stdout
+    assert f"TRIALS_RUN {trials - interrupted}" in last.stdout
     (stats,) = [s for s in db.scan().workloads.values() if s.index >= 0]
     assert stats.trials == trials and db.scan().dropped == 0
 

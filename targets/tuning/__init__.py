@@ -19,7 +19,8 @@ from typing import Any, Mapping, Optional
 
 from .database import TuningDatabase
 from .measure import MeasureConfig, RunnerSpec, SearchConfig
-from .settings import TUNE_PARAMS, TuneSettings, cache_root, database_folder, is_tunable, target_key
+from .settings import (TUNE_PARAMS, TuneSettings, cache_root, database_folder, is_tunable, target_key,
+                       wants_tuning)
 from .tasks import Task, extract_tasks, select_tasks, split_budget
 from .tuner import TaskResult, TuningReport, tune_kernels
 
@@ -51,4 +52,5 @@ __all__ = [
     "split_budget",
     "target_key",
     "tune_kernels",
+    "wants_tuning",
 ]

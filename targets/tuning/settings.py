@@ -31,9 +31,10 @@ COST_MODELS = ("xgb", "random")
 TUNE_PARAMS = (
     Param("tune_trials", "int", default=0, min=0,
           doc="MetaSchedule trials for this model's kernels, split over them by their untuned latency; 0: no "
-              "tuning (records already in the tuning database are still used)"),
+              "tuning unless tune_seconds is set (records already in the tuning database are still used)"),
     Param("tune_seconds", "float", default=0.0, min=0,
-          doc="stop tuning after this many seconds, keeping what was measured (0: no time limit)"),
+          doc="stop tuning after this many seconds, keeping what was measured (0: no time limit); alone, tune "
+              "for this long (up to 64 trials per kernel)"),
     Param("tune_tasks", "int", default=0, min=0,
           doc="tune only the N kernels with the most multiply-accumulates (0: all kernels)"),
     Param("cost_model", "enum", default="xgb", choices=COST_MODELS,
@@ -61,6 +62,12 @@ class TuneSettings:
                             tasks=int(settings.get("tune_tasks", 0)),
                             cost_model=str(settings.get("cost_model", "xgb")),
                             tuning_db=str(settings.get("tuning_db", "")))
+
+
+def wants_tuning(settings: Mapping[str, Any]) -> bool:
+    """Whether a target block asks for tuning: a trial budget or a time budget."""
+    tune = TuneSettings.from_settings(settings)
+    return tune.trials > 0 or tune.seconds > 0
 
 
 def is_tunable(target_cls) -> bool:

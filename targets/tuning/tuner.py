@@ -37,6 +37,9 @@ from .measure import (CandidateBuilder, MeasureConfig, RunnerSpec, SearchConfig,
 from .settings import TuneSettings, database_folder
 from .tasks import Task, default_kernels, extract_tasks, select_tasks, split_budget
 
+#: with ``tune_seconds`` and no ``tune_trials``, the trial budget: this many per kernel (the time stops it first)
+TRIALS_PER_KERNEL_FOR_TIME_BUDGET = 64
+
 #: a task whose search proposes only candidates measured before, this many batches in a row, is exhausted
 EMPTY_BATCHES_BEFORE_EXHAUSTED = 3
 
@@ -130,10 +133,10 @@ def tune_kernels(relax_mod, tvm_target, settings: Mapping[str, Any], linker, run
     """
     start = time.monotonic()
     tune = TuneSettings.from_settings(settings)
-    if trials is not None:
-        tune = dataclasses.replace(tune, trials=int(trials))
+    if trials is not None:  # an explicit trial budget; 0 also turns a time budget off
+        tune = dataclasses.replace(tune, trials=int(trials), seconds=tune.seconds if trials > 0 else 0.0)
     db = TuningDatabase(database_folder(tvm_target, tune.tuning_db, base_dir))
-    if tune.trials <= 0 and not report_defaults:
+    if tune.trials <= 0 and tune.seconds <= 0 and not report_defaults:
         return TuningReport(kind, db.folder, (), 0, time.monotonic() - start, "no budget")
     # A model tuned to this budget before is recognised without extracting its tasks (legalize and fuse take
     # ~10 s on MobileNetV2): the warm rebuild's tuning step costs a hash of the Relax module.
@@ -142,6 +145,8 @@ def tune_kernels(relax_mod, tvm_target, settings: Mapping[str, Any], linker, run
         log(f"tune {kind}: nothing to tune: this model's {tune.trials} trials are in {db.folder}")
         return TuningReport(kind, db.folder, (), 0, time.monotonic() - start, "nothing to tune")
     tasks = select_tasks(extract_tasks(relax_mod, tvm_target), tune.tasks)
+    if tune.trials <= 0 and tune.seconds > 0:  # a time budget alone: trials enough to fill it
+        tune = dataclasses.replace(tune, trials=TRIALS_PER_KERNEL_FOR_TIME_BUDGET * len(tasks))
     scan = db.scan()
     # the budget split weighs each kernel's untuned latency: time every selected kernel before the first trial
     missing = [t for t in tasks if _stats(scan, t).default_seconds is None] if tune.trials or report_defaults else []
@@ -337,6 +342,8 @@ class _Session:
                     self.log(f"tune {self.kind}: cannot tune {task.name}: {error_summary(e)}; it keeps its rule")
                     active.remove(task)
                     continue
+                if self.interrupted and not measured:
+                    return "interrupted"
                 if measured is None:  # the search has nothing new to offer
                     self.db.note(workload=task.shash, task=task.name, exhausted=True, trials=done[task.shash])
                     self.log(f"tune {self.kind}: {task.name}: the search found no new candidates after "
@@ -420,6 +427,8 @@ class _Session:
             if state.empty >= EMPTY_BATCHES_BEFORE_EXHAUSTED:
                 return None
         state.empty = 0
+        if self.interrupted:  # Ctrl-C while the search was choosing: stop before building
+            return []
         outcomes = self._measure([c.sch.mod for c in fresh], [c.args_info for c in fresh])
         if all(o.stage == "run" for o in outcomes):
             raise TargetError(f"tuning {task.name} on {self.runner_spec.describe()}: every candidate of a batch "
