@@ -421,7 +421,11 @@ def test_tuning_on_the_emulated_board(emulated_board, digits, cache, tmp_path):
     batches = [[x] for x in xs]
     got = board.run_batches_on_boards(info.path, batches, emulated_board.spec, timeout=120)
     want = [HostRunner(host).run(b) for b in batches]
-    assert max(float(np.abs(g[0] - w[0]).max()) for g, w in zip(got, want)) <= 1e-5
+    # a tuned kernel sums in another order than the host's: the same bound as every build's lowering check
+    from aglmc.compiler.verify import LOWERING_RTOL
+
+    scale = max(float(np.abs(w[0]).max()) for w in want)
+    assert max(float(np.abs(g[0] - w[0]).max()) for g, w in zip(got, want)) <= LOWERING_RTOL * max(1.0, scale)
 
 
 def test_tuning_a_board_without_a_tracker_is_refused(digits, cache):
