@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, reinit_for_numerics
 
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
@@ -54,18 +54,7 @@ def _mobilenet_v2():
     config = T.MobileNetV2Config(image_size=32, depth_multiplier=0.35, num_labels=10)
     torch.manual_seed(0)
     model = T.MobileNetV2ForImageClassification(config).eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-                torch.nn.init.kaiming_normal_(m.weight, generator=gen)
-                if m.bias is not None:
-                    torch.nn.init.uniform_(m.bias, -0.1, 0.1, generator=gen)
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.2, 0.2, generator=gen)
+    reinit_for_numerics(model, seed=1)
     return _Logits(model).eval(), (torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)),)
 
 

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from aglmc.compiler.pipeline import FX_LEGALIZATION
+from conftest import reinit_for_numerics
 from aglmc.passes.base import PassContext, get_pass
 from aglmc.passes.select import make_selector
 
@@ -125,19 +126,7 @@ def _bert():
 
 
 def _kaiming(model):
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-                torch.nn.init.kaiming_normal_(m.weight, generator=gen)
-                if m.bias is not None:
-                    torch.nn.init.uniform_(m.bias, -0.1, 0.1, generator=gen)
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.2, 0.2, generator=gen)
-    return model
+    return reinit_for_numerics(model, seed=1)
 
 
 def _images(seed):
