@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of timed calls per runtime and model after which rounds past the third are "
                         "skipped (default 60; --quick 5)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="prepare/build steps run this many at a time before any timing (default 1; --quick 2; "
+                        "above 1, compile times are measured under contention)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     p.add_argument("--work", type=Path, default=None,
                    help=f"scratch folder for artifacts (default {default_work()})")
@@ -114,6 +117,7 @@ def main(argv=None) -> int:
         warmup_seconds=0.1 if quick else 0.5,
         budget_seconds=args.budget or (5.0 if quick else 60.0),
         work=work / "host",
+        jobs=args.jobs or (2 if quick else 1),
         log=log,
     )
     settings.work.mkdir(parents=True, exist_ok=True)

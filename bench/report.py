@@ -125,7 +125,9 @@ def host_section(data: Dict) -> str:
         "",
         f"Run {data['started']}, {data['seconds'] / 60:.1f} min; {data['threads']} thread(s) for every runtime; "
         f"{data['rounds']} interleaved rounds of ~{data['round_seconds']} s per runtime (at most "
-        f"{data['budget_seconds']:.0f} s of calls per runtime after the third round); batch 1, fp32.",
+        f"{data['budget_seconds']:.0f} s of calls per runtime after the third round); batch 1, fp32."
+        + (f" Prepare/build steps ran {data['build_jobs']} at a time (compile times under contention)."
+           if data.get("build_jobs", 1) > 1 else ""),
         "",
         f"CPU: {data['cpu_description']}.",
         "",

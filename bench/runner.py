@@ -75,6 +75,8 @@ class Settings:
     build_timeout: float = 3600.0
     load_timeout: float = 1800.0
     pause: float = 0.15
+    #: prepare/build steps run this many at a time (then compile times are measured under contention)
+    jobs: int = 1
     log: object = print
 
 
@@ -199,9 +201,10 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def bench_model(model: str, runtimes: Sequence[Runtime], settings: Settings, cpu: hw.Cpu) -> List[Row]:
+def build_model(model: str, runtimes: Sequence[Runtime], settings: Settings):
+    """Prepare the model and build it for every runtime (each step its own process): ``(rows, built, meta)``,
+    ``built``/``meta`` None when preparing failed."""
     log = settings.log
-    spec = MODELS[model]
     work = settings.work / model
     if work.exists():
         shutil.rmtree(work)
@@ -219,7 +222,7 @@ def bench_model(model: str, runtimes: Sequence[Runtime], settings: Settings, cpu
     if failure:
         for row in rows.values():
             row.status, row.reason = "failed", f"prepare: {failure}"
-        return list(rows.values())
+        return rows, None, None
     meta = json.loads((work / "meta.json").read_text())
     log(f"[{model}] prepared in {time.perf_counter() - t0:.1f} s")
 
@@ -252,7 +255,17 @@ def bench_model(model: str, runtimes: Sequence[Runtime], settings: Settings, cpu
         log(f"[{model}] built {rt.name} in {time.perf_counter() - t0:.1f} s")
         row.size_bytes = info.get("size")
         row.notes = info.get("notes", "")
+    return rows, built, meta
 
+
+def measure_model(model: str, runtimes: Sequence[Runtime], settings: Settings, cpu: hw.Cpu, rows: Dict[str, Row],
+                  built: Optional[Dict[str, Dict]], meta: Optional[Dict]) -> List[Row]:
+    """Load every built runtime in its own process, check it, and time the rounds."""
+    if built is None:
+        return list(rows.values())
+    log = settings.log
+    spec = MODELS[model]
+    work = settings.work / model
     servers: Dict[str, Server] = {}
     ready: Dict[str, Dict] = {}
     for rt in runtimes:
@@ -332,7 +345,9 @@ def bench_model(model: str, runtimes: Sequence[Runtime], settings: Settings, cpu
         if meta.get("macs"):
             row.gflops = 2.0 * meta["macs"] / (row.median_ms * 1e-3) / 1e9
             peak = cpu.peak_gflops(settings.threads)
-            row.pct_peak = 100.0 * row.gflops / peak if peak else None
+            lossy = next((rt.lossy for rt in runtimes if rt.name == name), False)
+            # an int8 row's operations are not fp32 FLOPs: no % of the fp32 peak for lossy techniques
+            row.pct_peak = 100.0 * row.gflops / peak if peak and not lossy else None
     base = rows.get(BASELINE)
     for row in rows.values():
         if base is not None and base.median_ms and row.median_ms:
@@ -349,9 +364,17 @@ def run_host(models: Sequence[str], runtime_names: Sequence[str], settings: Sett
     load_before = hw.load_average()
     rows: List[Row] = []
     metas: Dict[str, Dict] = {}
+    prebuilt: Dict[str, tuple] = {}
+    if settings.jobs > 1:  # every model's prepare/build steps first, several at once; then the timing, alone
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(settings.jobs) as pool:
+            futures = {m: pool.submit(build_model, m, runtimes, settings) for m in models}
+            prebuilt = {m: f.result() for m, f in futures.items()}
     for model in models:
         t0 = time.perf_counter()
-        rows.extend(bench_model(model, runtimes, settings, cpu))
+        built = prebuilt.get(model) or build_model(model, runtimes, settings)
+        rows.extend(measure_model(model, runtimes, settings, cpu, *built))
         meta_path = settings.work / model / "meta.json"
         metas[model] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         metas[model]["bench_seconds"] = time.perf_counter() - t0
@@ -364,6 +387,7 @@ def run_host(models: Sequence[str], runtime_names: Sequence[str], settings: Sett
         "rounds": settings.rounds,
         "round_seconds": settings.round_seconds,
         "budget_seconds": settings.budget_seconds,
+        "build_jobs": settings.jobs,
         "cpu": cpu.to_json(),
         "cpu_description": cpu.describe(settings.threads),
         "peak_gflops": cpu.peak_gflops(settings.threads),
