@@ -30,7 +30,7 @@ from aglmc.compiler.verify import LOWERING_RTOL, Outputs, max_abs, measure_laten
 from aglmc.dsl import CheckedSchedule, check, format_schedule, parse_file
 from aglmc.errors import AglmcError, PassError, ScheduleError, TargetError, VerifyError
 from aglmc.passes.base import PassContext, PassResult, get_pass
-from aglmc.passes.quant_spec import QUANTIZED_LOWERING_RTOL  # aglmc issue 6
+from aglmc.passes.quant_spec import QUANTIZED_LOWERING_RTOL, check_schedule_schemes  # aglmc issue 6
 from aglmc.passes.select import make_selector
 
 #: FX passes run on every torch model before lowering, so TVM's frontend accepts what torch.export produced
@@ -137,7 +137,9 @@ class _Steps:
 
 def check_schedule(path: Path, plugins: Sequence[Path] = ()) -> CheckedSchedule:
     """Parse and check a ``.sched`` file against the registered passes and targets (``aglmc check``)."""
-    return check(parse_file(path), build_catalog(plugins))
+    checked = check(parse_file(path), build_catalog(plugins))
+    check_schedule_schemes(checked)  # aglmc issue 6: quantization schemes against the schedule's targets
+    return checked
 
 
 def build(sched_path: Path, options: BuildOptions) -> BuildResult:
@@ -169,7 +171,7 @@ def build(sched_path: Path, options: BuildOptions) -> BuildResult:
     relax_mod = steps.run("import to Relax", model.to_relax)
     dump.text("relax", relax_mod.script(show_meta=False))
 
-    # aglmc issue 7: tune the kernels of targets whose block sets tune_trials (nothing when the database has them)
+    # aglmc issue 7: tune the kernels of targets whose block sets a tuning budget (nothing once the database has it)
     targets = [(t.kind, target_settings(t, checked)) for t in _targets_with_host(checked)]
     for kind, settings in targets:
         if tuning_budget(kind, settings):

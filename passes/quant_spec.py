@@ -289,3 +289,25 @@ def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
     if noise == 0.0:
         return float("inf")
     return 10.0 * float(np.log10(max(signal, 1e-30) / noise))
+
+
+def check_schedule_schemes(checked) -> None:
+    """Hold every quantizing step of a checked schedule against the schedule's own CPU targets.
+
+    For each step whose pass has a ``scheme()`` (quantize_static, quantize_dynamic, quantize_weights) and each
+    ``host`` / ``arm`` target block, :func:`check_scheme`; the error points at the step in the ``.sched`` file.
+    Runs before any work, right after the schedule is checked.
+    """
+    from aglmc.passes.base import get_pass
+
+    targets = [(t.kind, tuple(t.params.get("features", ()) or ())) for t in checked.targets]
+    for step in checked.steps:
+        cls = get_pass(step.name)
+        if "quantized" not in cls.guarantees or not hasattr(cls, "scheme"):
+            continue
+        kind = "fx" if checked.model.source.is_python else "onnx"
+        try:
+            check_targets(cls(**dict(step.params)).scheme(kind), targets)
+        except PassError as e:
+            e.location, e.source = step.loc, checked.schedule.text
+            raise

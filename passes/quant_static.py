@@ -79,7 +79,8 @@ class QuantizeStatic(Pass):
         self._alone: Dict[str, float] = {}  # key -> model output SQNR with that layer alone quantized
         self.layers: List[LayerRecord] = []
 
-    def scheme(self) -> QuantScheme:
+    def scheme(self, kind: str = "fx") -> QuantScheme:
+        """The scheme this step's parameters ask for (the same for FX and ONNX graphs)."""
         o = self.options
         weights = QuantSpec("int8" if o["weights_symmetric"] else "uint8", symmetric=o["weights_symmetric"],
                             axis=0 if o["weights_per_channel"] else None, narrow_range=o["weights_symmetric"])

@@ -56,7 +56,8 @@ class QuantizeWeights(Pass):
         super().__init__(**params)
         self.layers: List[LayerRecord] = []
 
-    def scheme(self) -> QuantScheme:
+    def scheme(self, kind: str = "fx") -> QuantScheme:
+        """The scheme this step's parameters ask for (the same for FX and ONNX graphs)."""
         o = self.options
         group = o["group_size"] or None
         if group is not None and group < 2:

@@ -128,3 +128,18 @@ def test_onnx_qdq_runs_in_onnxruntime_close_to_aglmc_int8():
     # onnxruntime's own integer kernels and aglmc's agree to within a few requantization steps of one value
     assert np.abs(y_ort - y_aglmc).max() <= 2e-3 * scale
     assert np.abs(y_ort - y_float).max() <= 0.05 * scale
+
+
+def test_schedule_asking_a_target_for_a_slow_scheme_is_refused_at_check(tmp_path, cli):
+    digits = EXAMPLES / "01_digits_cnn"
+    sched = tmp_path / "asym.sched"
+    sched.write_text(f'model "{digits / "model.py"}:build"\n'
+                     'input x: float32[1, 1, 8, 8]\n'
+                     f'dataset calib = "{digits / "data.py"}:calibration"\n'
+                     'pass quantize_static { data = calib  weights_symmetric = false }\n'
+                     'target arm { cpu = "cortex-a76"  features = ["+neon", "+dotprod"] }\n')
+    result = cli("check", sched)
+    assert result.code == 1
+    assert f"{sched}:4:6: error: target 'arm+dotprod' has no fast kernel for this scheme: weights must be symmetric " \
+           "int8 (zero point 0), got uint8 asym per-channel(axis 0) minmax" in result.err
+    assert "pass quantize_static" in result.err and "^^^" in result.err

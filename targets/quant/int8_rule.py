@@ -25,6 +25,7 @@ variable in their last axis, and injective blocks only around it. Register it be
 from __future__ import annotations
 
 from tvm import s_tir, tirx
+from tvm.s_tir.schedule import ScheduleError
 
 from aglmc.targets.cpu.isa import VectorISA
 from aglmc.targets.cpu.rules.base import CpuRule, is_spatial, root_blocks, single_reduction, static_extent
@@ -45,11 +46,10 @@ class Int8Matmul(CpuRule):
         why = _check_block(sch, main)
         if why:
             return why
-        loops = sch.get_loops(main)
-        *spatial, k = loops
-        if len(spatial) < 2:
-            return "no row axis"
-        m, n = spatial[-2], spatial[-1]
+        groups = _operand_groups(sch, main)
+        if groups is None:
+            return "no axes of one operand followed by axes of the other"
+        m, n = groups
         m_extent, n_extent = static_extent(sch, m), static_extent(sch, n)
         if m_extent is None or n_extent is None:
             return "dynamic output shape"
@@ -58,15 +58,56 @@ class Int8Matmul(CpuRule):
         nt = next((t for t in (4, 2) if n_extent % t == 0), 1)
         m_outer, m_inner = sch.split(m, [None, mt])
         n_outer, n_inner = sch.split(n, [None, nt])
+        k = sch.get_loops(main)[-1]
         sch.reorder(m_outer, n_outer, k, m_inner, n_inner)
         sch.unroll(m_inner)
         sch.unroll(n_inner)
-        sch.decompose_reduction(main, k)
-        for block in root_blocks(sch):
-            if block != main and is_spatial(sch, block):
-                schedule_loop_nest(sch, block, isa)
+        init = sch.decompose_reduction(main, k)
+        _schedule_others(sch, isa, (main, init))
         parallelize_outer(sch, main, isa, keep_inner=4)  # never k or the unrolled tile loops
         return None
+
+
+def _schedule_others(sch: s_tir.Schedule, isa: VectorISA, kernel_blocks) -> None:
+    """Vectorise and parallelise the blocks outside the kernel (an epilogue that could not fuse, a reshape)."""
+    mine = {sch.get(b).name_hint for b in kernel_blocks}
+    for block in root_blocks(sch):
+        if sch.get(block).name_hint not in mine and is_spatial(sch, block):
+            schedule_loop_nest(sch, block, isa)
+
+
+def _operand_groups(sch: s_tir.Schedule, block):
+    """The output axes as ``(row loop, column loop)``: the trailing run of loops that index only one operand
+    (fused into one), after the run that indexes only the other. For ``C[m, n] = Σ A[m, k] B[n, k]`` that is
+    (m, n); for the NCHW conv ``C[b, o, y, x] = Σ W[o, k] cols[b, y·ow + x, k]`` it is (o, y·x)."""
+    from tvm.tirx.analysis import undefined_vars
+
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)[:-1]
+    ivs = [iv.var for iv in stmt.iter_vars][:-1]
+    reads = [r for r in stmt.reads if r.source != stmt.writes[0].source]
+
+    def owner(var):
+        used = [i for i, r in enumerate(reads)
+                if any(var.same_as(v) for rng in r.region for v in undefined_vars(rng.min))]
+        return used[0] if len(used) == 1 else None
+
+    owners = [owner(v) for v in ivs]
+    runs = []  # (operand, [loops]) from the innermost outwards
+    for loop, who in zip(reversed(loops), reversed(owners)):
+        if who is None:
+            break
+        if runs and runs[-1][0] == who:
+            runs[-1][1].insert(0, loop)
+        elif len(runs) < 2:
+            runs.append((who, [loop]))
+        else:
+            break
+    if len(runs) < 2:
+        return None
+    (_, cols), (_, rows) = runs
+    fused = [sch.fuse(*group) if len(group) > 1 else group[0] for group in (rows, cols)]
+    return fused[0], fused[1]
 
 
 def _check_block(sch: s_tir.Schedule, block) -> str | None:
@@ -90,17 +131,20 @@ def _check_block(sch: s_tir.Schedule, block) -> str | None:
 
 class WeightOnlyMatmul(CpuRule):
     """The weight-only kernel of :func:`~aglmc.targets.quant.lower_qdq.lower_qdq` (float activations times
-    int8 / packed int4 weights stored ``[K, N]``), recognised by its block name::
+    int8 / packed int4 weights stored ``[K, N]``), recognised by its block names::
 
-        parallel for (.., m_outer, n_outer):
-          acc[4, NR] = 0                                  # registers: NR = two vectors of float lanes
-          for k:
-            for i in unroll(4): for j in vectorized(NR):
-              acc[i, j] += x[4m + i, k] * float(W[k, n + j]) (* s[k // g, n + j])
-          C[4m.., n..] = acc
+        parallel for n_outer:                               # a panel of NR output columns
+          panel[K, NR] = float(W[:, n..n+NR]) (· s[k // g, n..])   # dequantized once, vectorised
+          for m_outer:                                      # every row reuses the panel
+            acc[4, NR] = 0                                  # registers
+            for k:
+              for i in unroll(4): for j in vectorized(NR):
+                acc[i, j] += x[4m + i, k] * panel[k, j]
+            C[4m.., n..] = acc
 
-    x is broadcast, a run of W is converted in registers (sign-extended, nibbles unpacked with shifts) and
-    streamed: the float GEMM kernel's shape with the dequantization in its inner loop.
+    the float GEMM kernel's shape with the dequantization hoisted out of the row loop: int4 unpacking and
+    scaling cost once per weight, not once per weight and row (prefill); a decode step (one row) dequantizes
+    each weight once, as it must.
     """
 
     name = "weight_only_matmul"
@@ -108,14 +152,14 @@ class WeightOnlyMatmul(CpuRule):
     def schedule(self, sch: s_tir.Schedule, isa: VectorISA) -> str | None:
         from .lower_qdq import WEIGHT_ONLY_BLOCK
 
-        main, why = single_reduction(sch)
-        if main is None:
-            return why
-        if not sch.get(main).name_hint.startswith(WEIGHT_ONLY_BLOCK):
-            return f"not aglmc's weight-only kernel (block {sch.get(main).name_hint})"
+        blocks = root_blocks(sch)
+        main = next((b for b in blocks if sch.get(b).name_hint == WEIGHT_ONLY_BLOCK), None)
+        panel = next((b for b in blocks if sch.get(b).name_hint == WEIGHT_ONLY_BLOCK + "_dequantize"), None)
+        if main is None or panel is None:
+            return "not aglmc's weight-only kernel"
         *spatial, k = sch.get_loops(main)
         n = spatial[-1]
-        m = spatial[-2] if len(spatial) > 1 else None
+        m = spatial[-2] if len(spatial) > 1 else None  # leading batch loops stay outside
         n_extent = static_extent(sch, n)
         m_extent = static_extent(sch, m) if m is not None else 1
         if n_extent is None or m_extent is None:
@@ -126,19 +170,24 @@ class WeightOnlyMatmul(CpuRule):
         n_outer, n_inner = sch.split(n, [None, nt])
         if m is not None:
             m_outer, m_inner = sch.split(m, [None, mt])
-            sch.reorder(m_outer, n_outer, k, m_inner, n_inner)
+            sch.reorder(n_outer, m_outer, k, m_inner, n_inner)
         else:
             sch.reorder(n_outer, k, n_inner)
         acc = sch.cache_write(main, 0, "local")
-        sch.reverse_compute_at(acc, n_outer)
+        sch.reverse_compute_at(acc, m_outer if m is not None else n_outer)
+        sch.compute_at(panel, n_outer)
+        if nt > 1:
+            sch.vectorize(sch.get_loops(panel)[-1])
         if m is not None:
             sch.unroll(m_inner)
         if nt > 1:  # before decompose_reduction: TVM vectorises a reduction block's spatial loop only then
             sch.vectorize(n_inner)
             sch.vectorize(sch.get_loops(acc)[-1])
         init = sch.decompose_reduction(main, k)
-        for block in root_blocks(sch):
-            if block not in (main, init, acc) and is_spatial(sch, block):
-                schedule_loop_nest(sch, block, isa)
-        parallelize_outer(sch, main, isa, keep_inner=3 if m is not None else 2)
+        _schedule_others(sch, isa, (main, init, acc, panel))
+        if isa.parallel and (static_extent(sch, n_outer) or 1) > 1:
+            try:  # each panel is private to its n_outer iteration only when nothing outside shares it
+                sch.parallel(n_outer)
+            except ScheduleError:
+                pass
         return None

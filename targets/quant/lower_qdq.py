@@ -11,7 +11,7 @@ pass rewrites, before legalization:
     matmul(dequantize(xq, sx, zx), dequantize(Wq, sw, 0, axis=1))                     (ONNX MatMul)
       →  astype(int8_matmul(xq, Wq) - zx·ΣW, float32) · (sx·sw)
     conv2d(dequantize(xq, sx, zx), dequantize(Wq, sw, 0, axis=0))                     (groups = 1)
-      →  the same on im2col(pad(xq, zx)) and Wq as [out, in·kh·kw]
+      →  the same with Wq as [out, in·kh·kw] times im2col(pad(xq, zx)) [pixels, in·kh·kw]: NCHW out
     conv2d with groups > 1 (depthwise)  →  conv2d(pad(xq, zx), Wq, out_dtype=int32), rescaled alike
 
 ``int8_matmul(A, W)[.., n] = Σ_k int32(A[.., k]) · int32(W[n, k])`` keeps both 8-bit operands contiguous along
@@ -362,15 +362,21 @@ class _Lowerer:
             return te.compute((n, oh * ow, k), lambda b, p, r: xt[
                 b, r // (kh * kw), (p // ow) * sh + (r // kw) % kh * dh, (p % ow) * sw + r % kw * dw], name="im2col")
 
-        cols = bb.emit(bb.call_te(im2col, data, primfunc_name_hint="im2col"))
-        w_nk = wq.reshape(oc, k)
-        acc = self._int8_nt(cols, w_nk)  # [n, oh*ow, oc]
-        acc = self._zero_point_correction(acc, zp, w_nk.astype(np.int64).sum(axis=1), [1, 1, oc])
-        y = self._rescale(acc, x, scale, [1, 1, oc])
-        y = bb.emit(relax.op.permute_dims(y, [0, 2, 1]))
+        # opaque to FuseOps: fused into the gather, the producer's requantization would run once per im2col copy
+        # (kh·kw times), element by element
+        cols = bb.emit(bb.call_te(im2col, data, primfunc_name_hint="im2col", primfunc_attrs={"op_pattern": 8}))
+        w_mk = np.ascontiguousarray(wq.reshape(oc, k), np.int8)
+
+        def weights_by_cols(wt, ct):  # C[b, o, y, x] = Σ_k W[o, k] · cols[b, y·ow + x, k]: NCHW, no transpose
+            r = te.reduce_axis((0, k), name="k")  # (and no reshape, which would keep the epilogue from fusing)
+            return te.compute((n, oc, oh, ow), lambda b, o, y, x_: te.sum(
+                wt[o, r].astype("int32") * ct[b, y * ow + x_, r].astype("int32"), axis=r), name="int8_matmul")
+
+        acc = bb.emit(bb.call_te(weights_by_cols, relax.const(w_mk), cols, primfunc_name_hint="int8_matmul"))
+        acc = self._zero_point_correction(acc, zp, w_mk.astype(np.int64).sum(axis=1), [1, oc, 1, 1])
         self.report.integer.append(f"{name}: conv2d as im2col + matmul int8 x int8 -> int32 ({k}-term dot "
                                    f"products, {oc} channels)")
-        return bb.emit(relax.op.reshape(y, (n, oc, oh, ow)))
+        return self._rescale(acc, x, scale, [1, oc, 1, 1])
 
     def _matmul(self, call, name: str):
         a = self._activation_dequant(call.args[0])
@@ -447,12 +453,13 @@ class _Lowerer:
 
         W is stored ``[K, N]`` so that a run of output columns is contiguous (the kernel vectorises over n and
         broadcasts x, :class:`~aglmc.targets.quant.int8_rule.WeightOnlyMatmul`); int4 values are packed two
-        per byte along n (low nibble first) and sign-extended with shifts in the kernel.
+        per byte, column j in the low and column j + N/2 in the high nibble, sign-extended with shifts.
         """
         k, n = w_kn.shape
         int4 = w_kn.min() >= -8 and w_kn.max() <= 7 and n % 2 == 0
-        if int4:
-            lo, hi = w_kn[:, 0::2].astype(np.int32) & 0xF, w_kn[:, 1::2].astype(np.int32) & 0xF
+        half = n // 2
+        if int4:  # byte [k, j] holds column j (low nibble) and column j + N/2 (high nibble)
+            lo, hi = w_kn[:, :half].astype(np.int32) & 0xF, w_kn[:, half:].astype(np.int32) & 0xF
             stored = ((hi << 4) | lo).astype(np.uint8).view(np.int8)  # [K, N/2]
         else:
             stored = w_kn.astype(np.int8)
@@ -460,21 +467,22 @@ class _Lowerer:
         def weight(wt, r, col):
             if not int4:
                 return wt[r, col].astype("float32")
-            byte = wt[r, col // 2].astype("int32")
+            # a run of columns reads consecutive bytes and one nibble of each: two vector shifts, no shuffles
             c24, c28 = tvm.tirx.const(24, "int32"), tvm.tirx.const(28, "int32")  # int32 shifts: >> sign-extends
-            low, high = (byte << c28) >> c28, (byte << c24) >> c28  # even columns: low nibble; odd: high
-            return tvm.tirx.Select(col % 2 == 0, low, high).astype("float32")
+            byte = wt[r, col % half].astype("int32")  # one load in bounds for both halves
+            low, high = (byte << c28) >> c28, (byte << c24) >> c28
+            return tvm.tirx.Select(col < half, low, high).astype("float32")
 
         def kernel(xt, wt, *scale):
+            def dequantized(kk, col):
+                w = weight(wt, kk, col)
+                return w * scale[0][kk // group, col] if scale else w
+
+            # a stage of its own: the schedule computes it one [K, NR] panel at a time, reused by every row
+            panel = te.compute((k, n), dequantized, name=WEIGHT_ONLY_BLOCK + "_dequantize")
             r = te.reduce_axis((0, k), name="k")
-
-            def body(*i):
-                w = weight(wt, r, i[-1])
-                if scale:
-                    w = w * scale[0][r // group, i[-1]]
-                return te.sum(xt[(*i[:-1], r)] * w, axis=r)
-
-            return te.compute(list(xt.shape[:-1]) + [n], body, name=WEIGHT_ONLY_BLOCK)
+            return te.compute(list(xt.shape[:-1]) + [n], lambda *i: te.sum(xt[(*i[:-1], r)] * panel[r, i[-1]],
+                                                                           axis=r), name=WEIGHT_ONLY_BLOCK)
 
         args = [x, relax.const(stored)] + ([relax.const(group_scales.astype(np.float32))] if group else [])
         return self.bb.emit(self.bb.call_te(kernel, *args, primfunc_name_hint="matmul_int_weights"))
