@@ -1,9 +1,11 @@
-"""The names a schedule may use, gathered from the registries: passes, targets, metrics and op kinds."""
+"""The names a schedule may use, gathered from the registries: passes, targets, metrics, op kinds and the
+settings of a ``generate`` block."""
 
 from __future__ import annotations
 
 from typing import Iterable
 
+from aglmc.compiler.llm import GENERATE_PARAMS
 from aglmc.compiler.verify import METRICS
 from aglmc.dsl import Catalog, PassSig
 from aglmc.passes.base import load_plugin, registry
@@ -22,4 +24,4 @@ def build_catalog(plugins: Iterable = ()) -> Catalog:
         for name, cls in sorted(registry().items())
     }
     return Catalog(passes=passes, targets={k: t.params for k, t in targets().items()},
-                   metrics=tuple(METRICS), op_kinds=tuple(OP_KINDS))
+                   metrics=tuple(METRICS), op_kinds=tuple(OP_KINDS), generate=GENERATE_PARAMS)

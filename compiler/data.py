@@ -50,6 +50,28 @@ class Dataset:
 
 def load_dataset(decl: DatasetDecl, specs: Sequence[TensorSpec], source_text: str) -> Dataset:
     """Load and check one data set against the model's inputs; errors point at the declaration."""
+    arrays, fail = _load_arrays(decl, specs, source_text)
+    return dataset_from_arrays(decl.name, arrays, specs, fail)
+
+
+def load_token_rows(decl: DatasetDecl, specs: Sequence[TensorSpec], source_text: str) -> Dataset:
+    """Load a data set of token rows for a ``generate`` block (prompts, held-out text): one integer array
+    [N, L] (or [N, 1, L]) whose length L need not be the forward input's."""
+    arrays, fail = _load_arrays(decl, specs, source_text)
+    arrays.pop(LABELS, None)
+    if len(arrays) != 1:
+        raise fail(f"a generate block reads one array of token rows; this data set has {len(arrays)} "
+                   f"({', '.join(sorted(arrays))})")
+    (name, rows), = arrays.items()
+    if rows.ndim == 3 and rows.shape[1] == 1:
+        rows = rows[:, 0]
+    if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.integer) or rows.size == 0:
+        raise fail(f"array '{name}' is {rows.dtype}{list(rows.shape)}; a generate block needs integer token rows "
+                   "[N, L]")
+    return Dataset(decl.name, {name: rows.astype(np.int64)}, None)
+
+
+def _load_arrays(decl: DatasetDecl, specs: Sequence[TensorSpec], source_text: str):
     src = decl.source
 
     def fail(message: str, hint: Optional[str] = None) -> ScheduleError:
@@ -74,7 +96,7 @@ def load_dataset(decl: DatasetDecl, specs: Sequence[TensorSpec], source_text: st
                 arrays = {k: npz[k] for k in npz.files}
         except (OSError, ValueError) as e:
             raise fail(f"cannot read {src.path}: {e}") from e
-    return dataset_from_arrays(decl.name, arrays, specs, fail)
+    return arrays, fail
 
 
 def dataset_from_arrays(name: str, arrays: Dict[str, np.ndarray], specs: Sequence[TensorSpec],

@@ -436,16 +436,30 @@ class LlmCheck:
     max_logit_error: float    # max-abs prefill logits vs PyTorch on prompt + PyTorch's continuation
     first_mismatch: Optional[str] = None
     perplexity: Optional[float] = None
+    #: for a build the schedule's passes changed: the same three against the *original* model (what the
+    #: compression costs; the fields above compare with the transformed model, i.e. what compiling costs)
+    original_sequences_equal: Optional[int] = None
+    original_agreement: Optional[float] = None
+    original_max_logit_error: Optional[float] = None
+    #: the library's greedy continuation of each prompt (not written to llm.json)
+    generated: List[List[int]] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "generated"}
 
 
 def check_runner(runner, model, prompts: Sequence[Sequence[int]], new_tokens: int, max_cache_len: int,
-                 target: str, references: Optional[List[List[int]]] = None) -> LlmCheck:
-    """Compare ``runner``'s greedy generation with ``model``'s on ``prompts``."""
+                 target: str, references: Optional[List[List[int]]] = None,
+                 generated: Optional[List[List[int]]] = None) -> LlmCheck:
+    """Compare ``runner``'s greedy generation with ``model``'s on ``prompts`` (``generated``: the runner's
+    continuations when they are known already, from an earlier check)."""
     equal, agree, total, error = 0, 0, 0, 0.0
     mismatch = None
+    outputs = []
     for i, prompt in enumerate(prompts):
         want = references[i] if references is not None else reference_greedy(model, prompt, new_tokens)
-        got = generate(runner, prompt, new_tokens, max_cache_len).tokens
+        got = generated[i] if generated is not None else generate(runner, prompt, new_tokens, max_cache_len).tokens
+        outputs.append(got)
         if got == want:
             equal += 1
         elif mismatch is None:
@@ -460,7 +474,8 @@ def check_runner(runner, model, prompts: Sequence[Sequence[int]], new_tokens: in
         span = slice(len(prompt) - 1, len(seq) - 1)  # the positions that chose the generated tokens
         agree += int((logits[span].argmax(-1) == ref[span].argmax(-1)).sum())
         total += len(seq) - len(prompt)
-    return LlmCheck(target, runner.where, len(prompts), new_tokens, equal, agree / max(total, 1), error, mismatch)
+    return LlmCheck(target, runner.where, len(prompts), new_tokens, equal, agree / max(total, 1), error, mismatch,
+                    generated=outputs)
 
 
 # ---- building ---------------------------------------------------------------------------------------------------
@@ -475,6 +490,11 @@ class LlmBuild:
     cache_bytes: int
     perplexity_torch: Optional[float] = None
     seconds: Dict[str, float] = field(default_factory=dict)
+    #: when the schedule's passes changed the model: the Linears they replaced (module path -> ops), the
+    #: perplexity of the transformed PyTorch model, and the original's weights in bytes
+    transplanted: Dict[str, List[str]] = field(default_factory=dict)
+    perplexity_transformed: Optional[float] = None
+    original_weights_bytes: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         return {
@@ -489,9 +509,12 @@ class LlmBuild:
             "constants": self.constants,
             "weights_bytes": self.weights_bytes,
             "cache_bytes": self.cache_bytes,
-            "checks": [asdict(c) for c in self.checks],
+            "checks": [c.to_json() for c in self.checks],
             "perplexity_torch": self.perplexity_torch,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "transplanted": self.transplanted,
+            "perplexity_transformed": self.perplexity_transformed,
+            "original_weights_bytes": self.original_weights_bytes,
         }
 
 
@@ -506,26 +529,29 @@ def _token_rows(array: Optional[np.ndarray], what: str) -> Optional[np.ndarray]:
     return array.astype(np.int64)
 
 
-def build_llm(checked, module, stage: Path, settings: Mapping[str, Any], *, datasets: Optional[Mapping] = None,
-              example_tokens: Optional[np.ndarray] = None, log: Callable[[str], None] = print) -> LlmBuild:
-    """The LLM build of a checked schedule: what the pipeline runs instead of its build/verify steps when the
-    schedule has a ``generate { ... }`` block (``settings``: that block, resolved against
-    :data:`GENERATE_PARAMS`).
+def build_llm(targets: Sequence[Tuple[str, Mapping[str, Any]]], module, stage: Path, settings: Mapping[str, Any], *,
+              original=None, transplanted: Optional[Mapping[str, List[str]]] = None,
+              datasets: Optional[Mapping] = None, example_tokens: Optional[np.ndarray] = None,
+              log: Callable[[str], None] = print) -> LlmBuild:
+    """The language-model step of ``aglmc build`` for a schedule with a ``generate { ... }`` block
+    (``settings``: that block, resolved against :data:`GENERATE_PARAMS`; ``targets``: (kind, settings) of the
+    schedule's targets).
 
-    ``module`` is the model's ``nn.Module`` (``Model.original_module``); ``datasets`` the schedule's loaded data
-    sets (``prompts``/``text`` name two of them; the first array of each is used as token rows); ``stage`` the
-    artifact staging folder. Writes one library per target of the schedule (the host always) and ``llm.json``
-    into ``stage``; raises VerifyError when a library's greedy tokens agree with PyTorch's less than
-    ``min_agreement``.
+    ``module`` is the ``nn.Module`` to build: the model, with the Linears the schedule's passes changed carried
+    back into it (:mod:`aglmc.compiler.transplant`; ``transplanted`` lists them); ``original`` the model before
+    the passes (None: ``module`` is it). ``datasets`` are the schedule's loaded data sets (``prompts``/``text``
+    name two of them; the first array of each is used as token rows); ``stage`` the artifact staging folder.
+    Writes one library per target (the host always) and ``llm.json`` into ``stage``; raises VerifyError when a
+    library's greedy tokens agree with the built PyTorch module's less than ``min_agreement``.
     """
-    targets = [(t.kind, dict(t.params)) for t in checked.targets]
     rows = {}
     for key in ("prompts", "text"):
         name = settings.get(key)
         if name:
             dataset = (datasets or {})[name]
             rows[key] = _token_rows(next(iter(dataset.inputs.values())), f"dataset '{name}'")
-    return _build(module, stage, targets, settings, rows.get("prompts", example_tokens), rows.get("text"), log)
+    return _build(module, stage, [(k, dict(s)) for k, s in targets], settings, rows.get("prompts", example_tokens),
+                  rows.get("text"), log, original=original, transplanted=transplanted)
 
 
 def build_llm_artifact(module, out_dir: Path, targets: Optional[Mapping[str, Mapping[str, Any]]] = None,
@@ -547,7 +573,8 @@ def build_llm_artifact(module, out_dir: Path, targets: Optional[Mapping[str, Map
 
 
 def _build(module, stage: Path, targets: List[Tuple[str, Dict[str, Any]]], settings: Mapping[str, Any],
-           prompts: Optional[np.ndarray], text: Optional[np.ndarray], log) -> LlmBuild:
+           prompts: Optional[np.ndarray], text: Optional[np.ndarray], log, *, original=None,
+           transplanted: Optional[Mapping[str, List[str]]] = None) -> LlmBuild:
     from aglmc.compiler import artifact
     from aglmc.targets.llm import build_llm_library, constant_bytes, merge_functions
 
@@ -580,10 +607,18 @@ def _build(module, stage: Path, targets: List[Tuple[str, Dict[str, Any]]], setti
     new_tokens = min(int(s["new_tokens"]), max_len - max(len(p) for p in prompt_rows) + 1)
     t0 = time.perf_counter()
     references = [reference_greedy(module, p, new_tokens) for p in prompt_rows]
+    compressed = original is not None
+    if compressed:
+        original = original.eval()
+        original_refs = [reference_greedy(original, p, new_tokens) for p in prompt_rows]
     text_rows = _token_rows(text, "text")
     if text_rows is not None:
         text_rows = text_rows[:, :max_len]
-    ppl_torch = perplexity(lambda r: reference_logits(module, r), text_rows) if text_rows is not None else None
+    ppl_torch = ppl_transformed = None
+    if text_rows is not None:
+        ppl_torch = perplexity(lambda r: reference_logits(original if compressed else module, r), text_rows)
+        if compressed:
+            ppl_transformed = perplexity(lambda r: reference_logits(module, r), text_rows)
     seconds["reference"] = time.perf_counter() - t0
 
     checks = []
@@ -594,6 +629,12 @@ def _build(module, stage: Path, targets: List[Tuple[str, Dict[str, Any]]], setti
         t0 = time.perf_counter()
         try:
             check = check_runner(runner, module, prompt_rows, new_tokens, max_len, kind, references)
+            if compressed:
+                against = check_runner(runner, original, prompt_rows, new_tokens, max_len, kind, original_refs,
+                                       generated=check.generated)
+                check.original_sequences_equal = against.sequences_equal
+                check.original_agreement = against.agreement
+                check.original_max_logit_error = against.max_logit_error
             if text_rows is not None:
                 check.perplexity = perplexity(
                     lambda r, runner=runner: np.asarray(runner.prefill(r)[0]).reshape(len(r), -1), text_rows)
@@ -602,19 +643,28 @@ def _build(module, stage: Path, targets: List[Tuple[str, Dict[str, Any]]], setti
         seconds[f"verify {kind}"] = time.perf_counter() - t0
         checks.append(check)
         log(f"     LLM: {kind} on {check.where}: {check.sequences_equal}/{check.prompts} greedy sequences equal, "
-            f"agreement {check.agreement:.4f}")
+            f"agreement {check.agreement:.4f}"
+            + (f" (with the original model before the passes: {check.original_sequences_equal}/{check.prompts}, "
+               f"agreement {check.original_agreement:.4f})" if compressed else ""))
         if check.agreement < float(s["min_agreement"]):
             raise VerifyError(f"the {kind} library's greedy tokens agree with PyTorch's on {check.agreement:.2%} "
                               f"of positions, below min_agreement {s['min_agreement']:g} "
                               f"({check.first_mismatch})")
 
-    weights = sum(int(p.numel()) * p.element_size() for p in {id(p): p for p in module.parameters()}.values())
     constants = constant_bytes(shared if shared is not None else mod)
     build = LlmBuild(settings=s, spec=lm.spec, libraries=libraries, checks=checks, constants=constants,
-                     weights_bytes=weights, cache_bytes=int(np.prod(lm.cache_shape)) * 4,
-                     perplexity_torch=ppl_torch, seconds=seconds)
+                     weights_bytes=_tensor_bytes(module), cache_bytes=int(np.prod(lm.cache_shape)) * 4,
+                     perplexity_torch=ppl_torch, seconds=seconds, transplanted=dict(transplanted or {}),
+                     perplexity_transformed=ppl_transformed,
+                     original_weights_bytes=_tensor_bytes(original) if compressed else None)
     artifact.write_json_atomic(Path(stage) / LLM_JSON, build.to_json())
     return build
+
+
+def _tensor_bytes(module) -> int:
+    """Bytes of a module's parameters and buffers (each tensor once: int4/int8 weights count at their size)."""
+    tensors = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
+    return sum(int(t.numel()) * t.element_size() for t in tensors.values())
 
 
 def _prompts(rows, s: Mapping[str, Any], max_len: int, vocab: int) -> List[List[int]]:
@@ -692,7 +742,24 @@ def render_report(build: LlmBuild) -> str:
                      f"({check.new_tokens} tokens each) | {check.agreement:.4f} | {check.max_logit_error:.3g} "
                      f"| {ppl} |")
     if build.perplexity_torch is not None:
-        lines.append(f"\nPyTorch perplexity on the held-out text: {build.perplexity_torch:.3f}")
+        lines.append(f"\nPyTorch perplexity on the held-out text: {build.perplexity_torch:.3f}"
+                     + (f" (original model); {build.perplexity_transformed:.3f} after the schedule's passes"
+                        if build.perplexity_transformed is not None else ""))
+    if build.transplanted:
+        lines += ["", f"The schedule's passes changed {len(build.transplanted)} Linear(s); the libraries above were "
+                  "built from the model with those Linears replaced as the passes left them (the table compares "
+                  "each library with that transformed PyTorch model). Against the original model, before the "
+                  "passes:", "",
+                  "| target | greedy sequences equal | top-1 agreement | max logit error |", "|---|---|---|---|"]
+        for check in build.checks:
+            if check.original_agreement is not None:
+                lines.append(f"| {check.target} | {check.original_sequences_equal}/{check.prompts} | "
+                             f"{check.original_agreement:.4f} | {check.original_max_logit_error:.3g} |")
+        if build.original_weights_bytes:
+            lines.append(f"\nWeights: {build.original_weights_bytes:,} B before the passes, {build.weights_bytes:,} B "
+                         "after (as PyTorch tensors; the libraries' sizes are above).")
+        lines += ["", "| Linear | replaced by |", "|---|---|"]
+        lines += [f"| `{path}` | {' → '.join(ops)} |" for path, ops in sorted(build.transplanted.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,11 @@
 """``aglmc build``: the pipeline, top to bottom, as named steps.
 
     check schedule → import model → load data → evaluate original → each scheduled pass →
-    legalize for TVM → import to Relax → build each target → verify → package
+    legalize for TVM → import to Relax → build each target → verify → [language model] → package
+
+A schedule with a ``generate { ... }`` block also gets the language-model step: the Linears the passes changed
+are carried back into the model's modules (:mod:`aglmc.compiler.transplant`) and ``prefill`` + ``decode`` with a
+key/value cache are built for every target and checked by greedy generation (:mod:`aglmc.compiler.llm`).
 
 Each step is timed and logged; ``--print-after-all`` prints the graph after every pass and ``--dump-ir DIR``
 writes it (and the Relax module) to numbered files whose names are the step names.
@@ -115,6 +119,7 @@ class BuildResult:
     targets: List[TargetRecord]
     verification: Verification
     steps: List[StepRecord] = field(default_factory=list)
+    llm: Any = None  # aglmc issue 10: the LlmBuild of a schedule with a generate block
 
 
 class _Steps:
@@ -195,6 +200,9 @@ def build(sched_path: Path, options: BuildOptions) -> BuildResult:
                 "time host library without passes", _baseline_latency, baseline_mod, host, model)
         result = BuildResult(Path(options.out_dir), checked, model, stats_before, stats_after, passes,
                              target_records, verification, steps.records)
+        if checked.generation is not None:  # aglmc issue 10: prefill + decode with a key/value cache
+            result.llm = steps.run("language model: prefill + decode", _build_llm, checked, model, passes, datasets,
+                                   targets, stage, options.log)
         steps.run("package", _package, result, stage)
     options.log(f"wrote {options.out_dir}")
     return result
@@ -212,7 +220,18 @@ def _check_graph_kinds(checked: CheckedSchedule) -> None:
 
 
 def load_datasets(checked: CheckedSchedule, model: Model) -> Dict[str, Dataset]:
-    return {name: load_dataset(decl, model.inputs, checked.schedule.text) for name, decl in checked.datasets.items()}
+    """The schedule's data sets, checked against the model's inputs; those only a ``generate`` block reads are
+    token rows of any length (prompts, held-out text)."""
+    from aglmc.compiler.data import load_token_rows
+
+    tokens_only = set()
+    if checked.generation is not None:
+        used = {v for v in checked.generation.params.values() if isinstance(v, str)} & set(checked.datasets)
+        elsewhere = {checked.evaluation.data} if checked.evaluation is not None else set()
+        elsewhere |= {v for step in checked.steps for v in step.params.values() if isinstance(v, str)}
+        tokens_only = used - elsewhere
+    return {name: (load_token_rows if name in tokens_only else load_dataset)(decl, model.inputs, checked.schedule.text)
+            for name, decl in checked.datasets.items()}
 
 
 @dataclass
@@ -426,6 +445,33 @@ def _verify(checked: CheckedSchedule, evaluation: EvalData, original: Outputs, t
     return v
 
 
+def _build_llm(checked: CheckedSchedule, model: Model, passes: List[PassRecord], datasets, targets, stage: Path,
+               log):
+    from aglmc.compiler import llm
+    from aglmc.compiler.transplant import transplant
+
+    original = model.original_module
+    module, replaced = original, {}
+    if any(p.result.changed for p in passes):
+        try:
+            carried = transplant(original, model.graph, model.example_inputs, model.run(model.example_inputs))
+        except AglmcError as e:
+            if e.location is None:
+                e.location, e.source = checked.generation.loc, checked.schedule.text
+            raise
+        log(f"     LLM: {carried.summary()} (forward vs the transformed graph: {carried.max_error:.2g} relative)")
+        module, replaced = carried.module, carried.replaced
+    example = model.example_inputs[0] if model.example_inputs else None
+    try:
+        return llm.build_llm(targets, module, stage, checked.generation.params, datasets=datasets,
+                             original=original if replaced else None, transplanted=replaced,
+                             example_tokens=example, log=log)
+    except AglmcError as e:
+        if e.location is None:
+            e.location, e.source = checked.generation.loc, checked.schedule.text
+        raise
+
+
 def _package(result: BuildResult, stage: Path) -> None:
     checked = result.checked
     artifact.write_text_atomic(stage / artifact.SCHEDULE, format_schedule(checked))
@@ -452,6 +498,7 @@ def _manifest(result: BuildResult) -> dict:
                     "summary": p.result.summary, "details": p.result.details} for p in result.passes],
         "stats": {"before": result.stats_before.to_json(), "after": result.stats_after.to_json()},
         "verification": _jsonable(vars(result.verification)),
+        **({"llm": "llm.json"} if result.llm is not None else {}),
         "tools": tool_versions(),
     }
 

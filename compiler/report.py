@@ -96,6 +96,11 @@ def render(result) -> str:
             lines.append(f"| {f.name} | {f.rule} | {'?' if f.macs is None else f'{f.macs:,}'} | "
                          f"{100 * (f.macs or 0) / total:.1f}% |")
 
+    if getattr(result, "llm", None) is not None:  # aglmc issue 10
+        from aglmc.compiler.llm import render_report
+
+        lines += ["", "## Language model (prefill + decode)", "", render_report(result.llm).rstrip()]
+
     lines += ["", "## Steps", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {s.name} | {s.seconds:.2f} |" for s in result.steps]
     lines += ["", "## Layers (after passes)", "", after.table(limit=40), ""]

@@ -4,9 +4,10 @@
 → ``format_schedule`` (the resolved schedule as text). Every user error is a located ``ScheduleError``.
 """
 
-from aglmc.dsl.check import Catalog, CheckedSchedule, Evaluation, PassSig, ResolvedStep, ResolvedTarget, check
+from aglmc.dsl.check import (Catalog, CheckedSchedule, Evaluation, Generation, PassSig, ResolvedStep, ResolvedTarget,
+                             check)
 from aglmc.dsl.format import format_schedule
 from aglmc.dsl.parser import parse_file, parse_text
 
 __all__ = ["parse_text", "parse_file", "check", "format_schedule", "Catalog", "PassSig", "CheckedSchedule",
-           "ResolvedStep", "ResolvedTarget", "Evaluation"]
+           "ResolvedStep", "ResolvedTarget", "Evaluation", "Generation"]

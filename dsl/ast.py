@@ -91,6 +91,15 @@ class EvaluateDecl:
 
 
 @dataclass(frozen=True)
+class GenerateDecl:
+    """``generate { max_cache_len = 256  prompts = NAME ... }``: build the model as a language model that
+    generates (``prefill`` + ``decode`` with a key/value cache), see :mod:`aglmc.compiler.llm`."""
+
+    settings: Tuple[Setting, ...]
+    loc: Location = field(compare=False)  # of the keyword
+
+
+@dataclass(frozen=True)
 class Selector:
     """Which parts of the model a pass step touches: op kinds, a module-path glob, or both.
 
@@ -135,3 +144,4 @@ class Schedule:
     evaluate: Optional[EvaluateDecl]
     passes: Tuple[PassStep, ...]
     targets: Tuple[TargetDecl, ...]
+    generate: Optional[GenerateDecl] = None

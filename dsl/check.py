@@ -17,8 +17,8 @@ from aglmc.dsl.ast import DatasetDecl, InputDecl, ModelDecl, PassStep, Schedule,
 from aglmc.dsl.params import Ident, Param
 from aglmc.errors import Location, ScheduleError, did_you_mean
 
-__all__ = ["DTYPES", "PassSig", "Catalog", "ResolvedStep", "ResolvedTarget", "Evaluation", "CheckedSchedule",
-           "check"]
+__all__ = ["DTYPES", "PassSig", "Catalog", "ResolvedStep", "ResolvedTarget", "Evaluation", "Generation",
+           "CheckedSchedule", "check"]
 
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
 
@@ -48,12 +48,14 @@ class Catalog:
     targets : each target kind's parameters.
     metrics : the metrics ``evaluate`` may use; the first is the default.
     op_kinds : the op kinds a selector may name (``on conv2d, linear``).
+    generate : the settings of a ``generate`` block (empty: the block is not accepted).
     """
 
     passes: Mapping[str, PassSig]
     targets: Mapping[str, Tuple[Param, ...]]
     metrics: Tuple[str, ...]
     op_kinds: Tuple[str, ...]
+    generate: Tuple[Param, ...] = ()
 
     def __post_init__(self):
         if not self.metrics:
@@ -104,6 +106,14 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Generation:
+    """A checked ``generate`` block: every setting, defaults filled."""
+
+    params: Mapping[str, Any]
+    loc: Location = field(compare=False)
+
+
+@dataclass(frozen=True)
 class CheckedSchedule:
     """A schedule whose names, settings and step order are valid; equality ignores the source text."""
 
@@ -114,6 +124,7 @@ class CheckedSchedule:
     evaluation: Optional[Evaluation]
     steps: Tuple[ResolvedStep, ...]
     targets: Tuple[ResolvedTarget, ...]
+    generation: Optional[Generation] = None
 
 
 def check(schedule: Schedule, catalog: Catalog) -> CheckedSchedule:
@@ -193,9 +204,11 @@ class _Checker:
         inputs = self.inputs()
         self.datasets = self.declared_datasets()
         evaluation = self.evaluation()
+        generation = self.generation(model)
         steps = self.steps()
         targets = self.targets()
-        return CheckedSchedule(self.schedule, model, inputs, dict(self.datasets), evaluation, steps, targets)
+        return CheckedSchedule(self.schedule, model, inputs, dict(self.datasets), evaluation, steps, targets,
+                               generation)
 
     def model(self) -> ModelDecl:
         model = self.schedule.model
@@ -238,6 +251,18 @@ class _Checker:
             return None
         params = self.settings(decl.settings, self.catalog.evaluate_params(), "evaluate", decl.loc)
         return Evaluation(**params, loc=decl.loc)
+
+    def generation(self, model: ModelDecl) -> Optional[Generation]:
+        decl = self.schedule.generate
+        if decl is None:
+            return None
+        if not self.catalog.generate:
+            raise self.error("this catalog has no language-model builds", decl.loc)
+        if not model.source.is_python:
+            raise self.error("a generate block needs a PyTorch model (\"model.py:factory\"): the cached "
+                             "prefill/decode entry points are written around the model's own modules", decl.loc)
+        params = self.settings(decl.settings, self.catalog.generate, "generate", decl.loc)
+        return Generation(params, decl.loc)
 
     def steps(self) -> Tuple[ResolvedStep, ...]:
         holds: Dict[str, PassStep] = {}  # property -> the step that guaranteed it

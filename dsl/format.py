@@ -29,6 +29,8 @@ def format_schedule(checked: CheckedSchedule) -> str:
         settings = {"data": e.data, "metric": e.metric, "tolerance": e.tolerance, "metric_drop": e.metric_drop,
                     "limit": e.limit}
         sections.append(_block("evaluate", settings))
+    if checked.generation is not None:
+        sections.append(_block("generate", checked.generation.params))
     if checked.steps:
         sections.append([line for step in checked.steps for line in _block(_step_head(step), step.params)])
     sections.append([line for t in checked.targets for line in _block(f"target {t.kind}", t.params)])

@@ -7,7 +7,7 @@ points at the offending token and says in words what was expected there::
     net.sched:3:15: error: expected '=' after dataset name 'calib', got '{'
 
 Parsing checks only what the text itself shows: syntax, string escapes, positive input dimensions, the form of
-model and data set sources, and that ``model`` and ``evaluate`` appear at most once. Everything that needs the
+model and data set sources, and that ``model``, ``evaluate`` and ``generate`` appear at most once. Everything that needs the
 pass and target registries is :func:`aglmc.dsl.check.check`'s job.
 """
 
@@ -21,8 +21,8 @@ from typing import Iterable, Optional, Sequence, Union
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
-from aglmc.dsl.ast import (DatasetDecl, EvaluateDecl, InputDecl, ModelDecl, PassStep, Schedule, Selector, Setting,
-                           Source, TargetDecl, Value)
+from aglmc.dsl.ast import (DatasetDecl, EvaluateDecl, GenerateDecl, InputDecl, ModelDecl, PassStep, Schedule,
+                           Selector, Setting, Source, TargetDecl, Value)
 from aglmc.dsl.params import Ident
 from aglmc.errors import Location, ScheduleError
 
@@ -130,7 +130,7 @@ class _Builder(Transformer):
 
         return Schedule(self.path, self.text, self._single(every(ModelDecl), "model"), every(InputDecl),
                         every(DatasetDecl), self._single(every(EvaluateDecl), "evaluate"), every(PassStep),
-                        every(TargetDecl))
+                        every(TargetDecl), self._single(every(GenerateDecl), "generate"))
 
     def _single(self, found: tuple, keyword: str):
         """The one statement of a kind that may appear at most once, or None."""
@@ -154,6 +154,9 @@ class _Builder(Transformer):
 
     def evaluate(self, meta, keyword: Token, settings: tuple) -> EvaluateDecl:
         return EvaluateDecl(settings, self._loc(keyword))
+
+    def generate(self, meta, keyword: Token, settings: tuple) -> GenerateDecl:
+        return GenerateDecl(settings, self._loc(keyword))
 
     def pass_step(self, meta, name: Token, ops: Optional[Selector], glob: Optional[Selector],
                   settings: Optional[tuple]) -> PassStep:

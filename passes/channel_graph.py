@@ -1090,6 +1090,39 @@ def _register_fx_rules() -> None:
     def _cat(b, n):
         couple_concat(b, list(n.args[0]), n, _fx_arg(n, 1, "dim", 0))
 
+    @reg("aten.split", "aten.split_with_sizes", "aten.chunk")
+    def _split(b, n):
+        """``split``/``chunk`` into pieces read by getitem: piece i is the input's slice [k_i, k_i + size_i) along
+        ``dim`` (the inverse of a concat), e.g. the gate and up halves of a fused SwiGLU projection. After pruning,
+        the op becomes ``split_with_sizes`` with the pieces' new sizes."""
+        x = n.args[0]
+        xs = b.shape(x)
+        pieces = n.meta.get("val")
+        outs = [u for u in n.users if u.op == "call_function" and u.target is operator.getitem]
+        if xs is None or not isinstance(pieces, (list, tuple)) or len(outs) != len(n.users):
+            return
+        dim = _fx_arg(n, 2, "dim", 0) % len(xs)
+        sizes = [int(t.shape[dim]) for t in pieces]
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(int)
+        existing = b.existing(x)
+        for u in outs:
+            i = int(u.args[1])
+            for axis in existing:
+                if axis == dim:
+                    b.couple(b.space(u, dim), b.space(x, dim), offset(sizes[i], int(starts[i])))
+                else:
+                    b.couple(b.space(u, axis), b.space(x, axis))
+        if dim in existing:
+            def rewrite(node, new_shape):
+                import torch
+
+                by_index = {int(u.args[1]): u for u in node.users}
+                new_sizes = [int(new_shape(by_index[i])[dim]) if i in by_index else sizes[i]
+                             for i in range(len(sizes))]
+                node.target = torch.ops.aten.split_with_sizes.default
+                node.args, node.kwargs = (node.args[0], new_sizes, dim), {}
+            b.on_rewrite(rewrite)
+
     @reg("aten.view", "aten.reshape", "aten._unsafe_view")
     def _view(b, n):
         if couple_reshape(b, n.args[0], n):

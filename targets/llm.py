@@ -52,8 +52,10 @@ def relax_from_program(program, name: str) -> tvm.IRModule:
     """Import one ExportedProgram with its weights as parameters (``keep_params_as_input=True``)."""
     from tvm.relax.frontend.torch import from_exported_program
 
+    from aglmc.targets.quant import TORCH_QDQ_CONVERTERS  # issue 6: torch's decomposed Q/DQ (weight-only int8/int4)
+
     try:
-        return from_exported_program(program, keep_params_as_input=True)
+        return from_exported_program(program, keep_params_as_input=True, custom_convert_map=TORCH_QDQ_CONVERTERS)
     except Exception as e:
         raise ModelError(f"TVM's PyTorch frontend could not import '{name}': {error_summary(e)}") from e
 

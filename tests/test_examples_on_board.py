@@ -61,6 +61,8 @@ def _with_board(text: str, board: str) -> dict:
     replace = {line: arm}
     if "evaluate {" in text:
         replace["evaluate {"] = "evaluate {\n    limit = 3"
+    if "generate {" in text:  # a language model: greedy generation on the board, one prompt
+        replace["generate {"] = "generate {\n    verify_prompts = 1\n    new_tokens = 6"
     return replace
 
 
@@ -77,6 +79,11 @@ def test_every_example_is_verified_on_the_board_by_its_build(cli, emulated_board
     assert check["error_vs_host"] <= TOL * max(1.0, manifest["verification"]["output_scale"]), check
     assert f"`board {_board_arg(emulated_board)}`" in (out / "report.md").read_text()
     print(f"{sched.name}: board vs host max-abs {check['error_vs_host']:.3g}")
+    if manifest.get("llm"):  # prefill + decode generated PyTorch's greedy tokens on the board too
+        checks = {c["target"]: c for c in json.loads((out / manifest["llm"]).read_text())["checks"]}
+        assert checks["arm"]["where"].startswith("board"), checks
+        assert checks["arm"]["sequences_equal"] == checks["arm"]["prompts"] == 1, checks["arm"]
+        print(f"{sched.name}: board generates PyTorch's greedy tokens (agreement {checks['arm']['agreement']:.4f})")
 
 
 def test_a_farm_of_two_boards_shares_a_data_set(cli, emulated_board, digits_artifact, tmp_path):

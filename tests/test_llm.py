@@ -66,7 +66,8 @@ def artifact(glm, tmp_path_factory):
     out.mkdir()
     settings = {**llm.generate_defaults(), "max_cache_len": MAX_LEN, "prompts": "prompts", "verify_prompts": 2,
                 "new_tokens": 12, "weights": "shared"}
-    build = llm.build_llm(checked, model.original_module, out, settings, datasets=datasets, log=lambda _m: None)
+    build = llm.build_llm([(t.kind, t.params) for t in checked.targets], model.original_module, out, settings,
+                          datasets=datasets, log=lambda _m: None)
     return out, build
 
 

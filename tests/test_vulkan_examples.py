@@ -12,7 +12,8 @@ from conftest import EXAMPLES, schedule_copy
 
 pytestmark = pytest.mark.slow
 
-SCHEDULES = sorted(EXAMPLES.glob("0[123]_*/*.sched"))
+# (int4/int8 weights have no Vulkan lowering yet: the checker refuses the combination, issue 8)
+SCHEDULES = sorted(s for s in EXAMPLES.glob("0[123]_*/*.sched") if "pass quantize_" not in s.read_text())
 
 
 def _adapter_or_skip():
@@ -25,12 +26,15 @@ def _adapter_or_skip():
         pytest.skip(f"no Vulkan device: {e.message}")
 
 
-@pytest.mark.parametrize("sched", SCHEDULES, ids=[s.parent.name for s in SCHEDULES])
+@pytest.mark.parametrize("sched", SCHEDULES, ids=[f"{s.parent.name}/{s.stem}" for s in SCHEDULES])
 def test_example_builds_for_vulkan_and_matches_the_host(cli, sched, tmp_path):
     _adapter_or_skip()
-    copy = schedule_copy(sched, tmp_path / sched.name, extra="\ntarget vulkan\n",
-                         replace={"tolerance = 1e-4": "tolerance = 1e-4\n    limit = 24"}
-                         if "tolerance = 1e-4" in sched.read_text() else None)
+    text = sched.read_text()
+    copy = schedule_copy(sched, tmp_path / sched.name, extra="" if "target vulkan" in text else "\ntarget vulkan\n",
+                         replace={**({"tolerance = 1e-4": "tolerance = 1e-4\n    limit = 24"}
+                                     if "tolerance = 1e-4" in text else {}),
+                                  **({"generate {": "generate {\n    verify_prompts = 2\n    new_tokens = 8"}
+                                     if "generate {" in text else {})})
     out = tmp_path / "out"
     result = cli("build", copy, "--out", out, "--quiet")
     assert result.code == 0, result.err
@@ -39,6 +43,10 @@ def test_example_builds_for_vulkan_and_matches_the_host(cli, sched, tmp_path):
     assert "Vulkan" in check["where"], check
     assert check["error_vs_host"] <= 1e-3 * max(1.0, manifest["verification"]["output_scale"])
     assert "vulkan.wgpu" in {t["library"] for t in manifest["targets"]}
+    if manifest.get("llm"):  # a language model: prefill + decode on the Vulkan device give PyTorch's tokens
+        checks = {c["target"]: c for c in json.loads((out / manifest["llm"]).read_text())["checks"]}
+        assert checks["vulkan"]["where"].startswith("vulkan ("), checks
+        assert checks["vulkan"]["sequences_equal"] == checks["vulkan"]["prompts"], checks["vulkan"]
 
 
 def test_run_target_vulkan(cli, digits_artifact, tmp_path):

@@ -89,14 +89,15 @@ def _op_name(expr) -> str:
 
 
 class _Lowerer:
-    def __init__(self, func: relax.Function, name: str, report: LoweringReport, activation_dtype: str = "int8"):
+    def __init__(self, func: relax.Function, name: str, report: LoweringReport, activation_dtype: str = "int8",
+                 bb: Optional[relax.BlockBuilder] = None):
         self.activation_dtype = activation_dtype
         self.func = func
         self.name = name
         self.report = report
         self.defs: Dict[tvm.ir.Var, relax.Expr] = {}
         self.remap: Dict[tvm.ir.Var, relax.Expr] = {}
-        self.bb: Optional[relax.BlockBuilder] = None
+        self.bb: Optional[relax.BlockBuilder] = bb  # shared by the functions of one module: kernel names stay unique
 
     # ---- looking through bindings ---------------------------------------------------------------------
     def _value(self, expr):
@@ -207,7 +208,9 @@ class _Lowerer:
         body = self.func.body
         if not isinstance(body, relax.SeqExpr):
             raise TargetError(f"LowerQDQ: function '{self.name}' is not in binding-block form")
-        self.bb = bb = relax.BlockBuilder()
+        if self.bb is None:
+            self.bb = relax.BlockBuilder()
+        bb = self.bb
         attrs = dict(self.func.attrs) if self.func.attrs is not None else {}
         with bb.function(self.name, list(self.func.params), attrs=attrs, pure=True):
             for block in body.blocks:
@@ -502,16 +505,16 @@ def lower_qdq(mod: tvm.IRModule, report: Optional[LoweringReport] = None, *,
     report = report if report is not None else LoweringReport()
     if not _has_dequantize(mod):
         return mod
-    out = tvm.IRModule({}, attrs=mod.attrs) if mod.attrs is not None else tvm.IRModule({})
+    # one builder for every function (prefill and decode of a language model both make kernels): it names each
+    # new kernel uniquely, next to the module's existing non-Relax functions
+    others = {gv: func for gv, func in mod.functions.items() if not isinstance(func, relax.Function)}
+    bb = relax.BlockBuilder(tvm.IRModule(others))
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function):
-            lowerer = _Lowerer(func, gv.name_hint, report, activations)
-            for new_gv, new_func in lowerer.run().functions.items():
-                if any(g.name_hint == new_gv.name_hint for g in out.get_global_vars()):
-                    raise TargetError(f"LowerQDQ: kernel name '{new_gv.name_hint}' is taken")
-                out[new_gv] = new_func
-        else:
-            out[gv] = func
+            _Lowerer(func, gv.name_hint, report, activations, bb).run()
+    out = bb.get()
+    for key, value in (dict(mod.attrs) if mod.attrs is not None else {}).items():
+        out = out.with_attr(key, value)
     return relax.transform.DeadCodeElimination()(out)
 
 
