@@ -662,8 +662,9 @@ def _build(module, stage: Path, targets: List[Tuple[str, Dict[str, Any]]], setti
 
 
 def _tensor_bytes(module) -> int:
-    """Bytes of a module's parameters and buffers (each tensor once: int4/int8 weights count at their size)."""
-    tensors = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
+    """Bytes of a module's state: parameters and persistent buffers (a tied tensor once; int4/int8 weights, which
+    the passes store as buffers, at their size)."""
+    tensors = {id(t): t for t in module.state_dict(keep_vars=True).values()}
     return sum(int(t.numel()) * t.element_size() for t in tensors.values())
 
 

@@ -210,7 +210,7 @@ class _Builder(Transformer):
 
 _IGNORED = {"WS", "COMMENT"}
 _WORDS = {"NAME": "a name", "STRING": "a string", "INT": "an integer", "FLOAT": "a number", "$END": "end of file"}
-_STATEMENTS = ("MODEL", "INPUT", "DATASET", "EVALUATE", "PASS", "TARGET")
+_STATEMENTS = ("MODEL", "INPUT", "DATASET", "EVALUATE", "GENERATE", "PASS", "TARGET")
 _VALUE_STARTS = {"INT", "FLOAT", "STRING", "TRUE", "FALSE", "NAME", "LSQB"}
 # What a NAME is, judged by the token that opened its statement or list.
 _NAME_ROLES = {"INPUT": "input name", "COLON": "dtype", "DATASET": "dataset name", "PASS": "pass name",
