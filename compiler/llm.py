@@ -120,6 +120,16 @@ class DecoderSpec:
         num_heads = int(getattr(config, "num_attention_heads", None) or attn.num_heads)
         num_kv = int(getattr(config, "num_key_value_heads", None) or getattr(attn, "num_kv_heads", num_heads))
         head_dim = int(getattr(config, "head_dim", None) or attn.q_proj.out_features // num_heads)
+        # heads pruned by the schedule's passes: the projections' widths count them (every layer alike)
+        widths = {(getattr(a.q_proj, "out_features", None), getattr(a.k_proj, "out_features", None))
+                  for a in (layer.self_attn for layer in base.layers)}
+        if len(widths) != 1 or None in next(iter(widths)):
+            raise ModelError(f"the attention projections of {type(model).__name__} differ between layers "
+                             f"(q/k widths {sorted(widths, key=str)}): aglmc's cached attention needs one head count")
+        q_width, k_width = next(iter(widths))
+        if q_width % head_dim or k_width % head_dim or (q_width // head_dim) % (k_width // head_dim):
+            raise ModelError(f"q/k projection widths {q_width}/{k_width} are not whole heads of {head_dim} in groups")
+        num_heads, num_kv = q_width // head_dim, k_width // head_dim
         if rotary is None:
             model_type = getattr(config, "model_type", "")
             rotary = "interleaved" if (model_type in ("glm", "glm4") or type(model).__name__.startswith("Glm")) \
@@ -281,6 +291,24 @@ def KVCacheLM(model, max_cache_len: int = DEFAULT_MAX_CACHE_LEN, rotary: Optiona
     """``model`` wrapped with ``prefill(tokens)`` and ``decode(token, cache, pos)`` (an ``nn.Module``)."""
     cls, _ = _torch_module_class()
     return cls(model, max_cache_len, rotary).eval()
+
+
+def prefill_logits(settings: Mapping[str, Any]) -> Callable[[Any, Sequence[np.ndarray]], List[np.ndarray]]:
+    """``run(module, [tokens]) -> [logits]`` through :class:`KVCacheLM`'s prefill, in PyTorch: how the rebuilt
+    module of a compressed build is checked against the transformed graph (:mod:`aglmc.compiler.transplant`)."""
+
+    def run(module, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+        import torch
+
+        s = {**generate_defaults(), **dict(settings)}
+        (tokens,) = inputs
+        lm = KVCacheLM(module, max(int(s["max_cache_len"]), int(np.shape(tokens)[-1])),
+                       rotary=None if s["rotary"] == "auto" else s["rotary"])
+        with torch.no_grad():
+            logits, _ = lm.prefill(torch.as_tensor(np.asarray(tokens)))
+        return [logits.numpy()]
+
+    return run
 
 
 def export_llm(lm) -> Dict[str, Any]:
@@ -606,8 +634,11 @@ def _build(module, stage: Path, targets: List[Tuple[str, Dict[str, Any]]], setti
     prompt_rows = _prompts(prompts, s, max_len, lm.spec.vocab_size)
     new_tokens = min(int(s["new_tokens"]), max_len - max(len(p) for p in prompt_rows) + 1)
     t0 = time.perf_counter()
-    references = [reference_greedy(module, p, new_tokens) for p in prompt_rows]
     compressed = original is not None
+    # the PyTorch reference of a compressed build is its cached prefill (full recompute per step): after attention
+    # heads were pruned, the module's own forward still reshapes to its config's head count
+    reference = _torch_module_class()[1]["prefill"](lm).eval() if compressed else module
+    references = [reference_greedy(reference, p, new_tokens) for p in prompt_rows]
     if compressed:
         original = original.eval()
         original_refs = [reference_greedy(original, p, new_tokens) for p in prompt_rows]
@@ -618,7 +649,7 @@ def _build(module, stage: Path, targets: List[Tuple[str, Dict[str, Any]]], setti
     if text_rows is not None:
         ppl_torch = perplexity(lambda r: reference_logits(original if compressed else module, r), text_rows)
         if compressed:
-            ppl_transformed = perplexity(lambda r: reference_logits(module, r), text_rows)
+            ppl_transformed = perplexity(lambda r: reference_logits(reference, r), text_rows)
     seconds["reference"] = time.perf_counter() - t0
 
     checks = []
@@ -628,7 +659,7 @@ def _build(module, stage: Path, targets: List[Tuple[str, Dict[str, Any]]], setti
             continue
         t0 = time.perf_counter()
         try:
-            check = check_runner(runner, module, prompt_rows, new_tokens, max_len, kind, references)
+            check = check_runner(runner, reference, prompt_rows, new_tokens, max_len, kind, references)
             if compressed:
                 against = check_runner(runner, original, prompt_rows, new_tokens, max_len, kind, original_refs,
                                        generated=check.generated)

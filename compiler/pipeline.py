@@ -454,7 +454,8 @@ def _build_llm(checked: CheckedSchedule, model: Model, passes: List[PassRecord],
     module, replaced = original, {}
     if any(p.result.changed for p in passes):
         try:
-            carried = transplant(original, model.graph, model.example_inputs, model.run(model.example_inputs))
+            carried = transplant(original, model.graph, model.example_inputs, model.run(model.example_inputs),
+                                 run=llm.prefill_logits(checked.generation.params))
         except AglmcError as e:
             if e.location is None:
                 e.location, e.source = checked.generation.loc, checked.schedule.text

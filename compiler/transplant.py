@@ -18,15 +18,18 @@ What cannot be carried back is refused with the module and the reason, never dro
 - a weight outside the Linears that a pass changed (a norm scale shrunk by pruning the hidden size, a changed
   embedding): those live in code the cached forward re-implements.
 
-Finally :func:`transplant` runs the new module's ordinary forward on the example inputs and compares it with the
-transformed graph's outputs; a difference beyond float rounding is a ModelError.
+Finally :func:`transplant` runs the new module on the example inputs and compares it with the transformed graph's
+outputs; a difference beyond float rounding is a ModelError. How it is run is the caller's choice (``run``): the
+language-model build runs the cached prefill, because after attention heads were pruned only code that counts
+heads from the projections' widths (as :class:`~aglmc.compiler.llm.KVCacheLM` does) can run the module, not its
+own forward with the head count of its config.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,9 +58,11 @@ class Transplant:
         return f"{len(self.replaced)} Linear(s) carried into the cached model: " + "; ".join(parts)
 
 
-def transplant(original, gm, example_inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> Transplant:
+def transplant(original, gm, example_inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
+               run: Optional[Callable[[Any, Sequence[np.ndarray]], List[np.ndarray]]] = None) -> Transplant:
     """A copy of ``original`` whose Linears are the transformed graph ``gm``'s versions of them (see the module
-    docstring). ``outputs`` are ``gm``'s outputs on ``example_inputs`` (the pipeline's "evaluate transformed")."""
+    docstring). ``outputs`` are ``gm``'s outputs on ``example_inputs`` (the pipeline's "evaluate transformed");
+    ``run(module, inputs) -> outputs`` runs the rebuilt module for the comparison (default: its forward)."""
     import torch
 
     from aglmc.passes.select import fx_path
@@ -85,7 +90,7 @@ def transplant(original, gm, example_inputs: Sequence[np.ndarray], outputs: Sequ
         _set_submodule(module, path, sub)
         result.replaced[path] = [_op_name(n) for n in piece if n.op == "call_function"]
     _check_rest(gm, original, carried)
-    result.max_error = _compare(module, example_inputs, outputs)
+    result.max_error = _compare(module, example_inputs, outputs, run or _forward)
     return result
 
 
@@ -145,7 +150,11 @@ def _graph_module(gm, piece: List[Any], order: Dict[Any, int]):
             env[node] = graph.node_copy(node, lambda a: env[a])
     (out,) = [n for n in piece if any(u not in members for u in n.users)]
     graph.output(env[out])
-    return fx.GraphModule(root, graph, class_name="TransplantedLinear")
+    sub = fx.GraphModule(root, graph, class_name="TransplantedLinear")
+    # what code around a Linear reads off it (KVCacheLM counts attention heads from the projections' widths)
+    sub.in_features = int(x.meta["val"].shape[-1]) if "val" in x.meta else None
+    sub.out_features = int(out.meta["val"].shape[-1]) if "val" in out.meta else None
+    return sub
 
 
 def _unchanged(gm, piece: List[Any], linear) -> bool:
@@ -193,13 +202,21 @@ def _check_rest(gm, original, carried: set) -> None:
                                   "not the hidden size")
 
 
-def _compare(module, example_inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> float:
+def _forward(module, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
     import torch
 
     from aglmc.compiler.model import _flatten_outputs, _to_torch
 
     with torch.no_grad():
-        got = _flatten_outputs(module.eval()(*[_to_torch(a) for a in example_inputs]))
+        return _flatten_outputs(module.eval()(*[_to_torch(a) for a in inputs]))
+
+
+def _compare(module, example_inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], run) -> float:
+    try:
+        got = run(module, example_inputs)
+    except Exception as e:
+        raise ModelError(f"the module rebuilt from the transformed graph does not run: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if len(got) != len(outputs):
         raise ModelError(f"the rebuilt module returns {len(got)} outputs, the transformed graph {len(outputs)}")
     error = 0.0

@@ -975,11 +975,22 @@ def _register_fx_rules() -> None:
     def _linear(b, n):
         couple_linear(b, n.args[0], n.args[1], _fx_arg(n, 2, "bias"), n)
 
-    @reg("aten.matmul", "aten.mm")
+    @reg("aten.matmul", "aten.mm", "aten.bmm")
     def _matmul(b, n):
         x, w = n.args[:2]
         if b.is_const(w) and b.shape(w) is not None and len(b.shape(w)) == 2 and not b.is_const(x):
             couple_linear(b, x, w, None, n, weight_layout="io")
+            return
+        xs, ws, out = b.shape(x), b.shape(w), b.shape(n)
+        if b.is_const(x) or b.is_const(w) or xs is None or ws is None or out is None:
+            return
+        if len(xs) >= 3 and len(xs) == len(ws) == len(out) and xs[:-2] == ws[:-2] == out[:-2]:
+            # activation x activation (attention's q·kᵀ and p·v): the batch axes (heads) go through, index by index
+            for axis in sorted(set(b.existing(x)) | set(b.existing(w))):
+                if axis < len(xs) - 2:
+                    target = b.space(n, axis)
+                    b.couple(b.space(x, axis), target)
+                    b.couple(b.space(w, axis), target)
 
     @reg("aten.addmm")
     def _addmm(b, n):  # bias + x @ w
@@ -1034,6 +1045,10 @@ def _register_fx_rules() -> None:
     @reg("aten.where")
     def _where(b, n):
         couple_elementwise(b, list(n.args[:3]), n)
+
+    @reg("aten.masked_fill", "aten.masked_fill_")
+    def _masked_fill(b, n):  # x, mask (broadcast), a scalar or 0-d value
+        couple_elementwise(b, list(n.args[:2]), n)
 
     @reg("aten.softmax", "aten._softmax", "aten.log_softmax", "aten._log_softmax")
     def _softmax(b, n):
@@ -1162,6 +1177,46 @@ def _register_fx_rules() -> None:
         for axis in b.existing(x):
             o = d1 if axis == d0 else d0 if axis == d1 else axis
             b.couple(b.space(x, axis), b.space(n, o))
+
+    @reg("aten.stack")
+    def _stack(b, n):
+        """``stack(tensors, dim)``: axis a of every input is axis a (a < dim) or a + 1 of the output."""
+        inputs, out = list(n.args[0]), b.shape(n)
+        shapes = [b.shape(v) for v in inputs]
+        if out is None or any(s is None or s != shapes[0] for s in shapes):
+            return
+        dim = _fx_arg(n, 1, "dim", 0) % len(out)
+        for axis in sorted({a for v in inputs for a in b.existing(v)}):
+            target = b.space(n, axis if axis < dim else axis + 1)
+            for v in inputs:
+                b.couple(b.space(v, axis), target)
+
+    @reg("aten.slice")
+    def _slice(b, n):
+        """A slice along ``dim`` carries every other axis through unchanged (the rotary embedding's
+        ``x[..., :rotary_dim]`` keeps the heads axis); channels on the sliced axis itself stay frozen."""
+        x = n.args[0]
+        shape = b.shape(x)
+        if shape is None or b.shape(n) is None:
+            return
+        dim = _fx_arg(n, 1, "dim", 0) % len(shape)
+        for axis in b.existing(x):
+            if axis != dim:
+                b.couple(b.space(x, axis), b.space(n, axis))
+
+    @reg("aten.repeat_interleave")
+    def _repeat_interleave(b, n):
+        """``repeat_interleave(x, repeats: int, dim)``: element i of ``dim`` becomes elements r·i … r·i+r-1 (grouped-
+        query attention: key/value head i serves query heads r·i … r·i+r-1, which are pruned with it)."""
+        x = n.args[0]
+        shape, out_shape = b.shape(x), b.shape(n)
+        repeats, dim = _fx_arg(n, 1, "repeats"), _fx_arg(n, 2, "dim")
+        if shape is None or out_shape is None or not isinstance(repeats, int) or dim is None:
+            return
+        dim = dim % len(shape)
+        for axis in b.existing(x):
+            coupling = expand(shape[axis], repeats) if axis == dim else None
+            b.couple(b.space(x, axis), b.space(n, axis), coupling)
 
     @reg("aten.expand")
     def _expand(b, n):

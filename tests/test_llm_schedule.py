@@ -100,15 +100,18 @@ def _cached_prefill_logits(module, tokens: np.ndarray) -> np.ndarray:
     ('pass prune_channels on linear in "model.layers.*.mlp.*" { ratio = 0.25 }', 8, "aten.linear"),
     ('pass quantize_weights on linear in "model.layers.**" { bits = 4  group_size = 32 }', 24,
      "quantized_decomposed.dequantize_per_channel_group → aten.linear"),
-], ids=["lowrank", "prune_ffn", "int4"])
+    ('pass prune_channels on linear in "model.layers.*.self_attn.*" { ratio = 0.5 }', 16, "aten.linear"),
+], ids=["lowrank", "prune_ffn", "int4", "prune_heads"])
 def test_passes_are_carried_into_the_cached_model(tmp_path, passes, replaced, ops):
+    from aglmc.compiler.llm import KVCacheLM, prefill_logits
     from aglmc.compiler.transplant import transplant
 
     model, records = _transformed(passes, tmp_path)
     assert records[0].result.changed, records[0].result.summary
     tokens = model.example_inputs[0]
     want = model.run([tokens])[0]
-    carried = transplant(model.original_module, model.graph, [tokens], [want])
+    carried = transplant(model.original_module, model.graph, [tokens], [want],
+                         run=prefill_logits({"max_cache_len": 96}))
     assert len(carried.replaced) == replaced
     assert {" → ".join(o) for o in carried.replaced.values()} == {ops}
     assert carried.max_error <= 1e-5
@@ -119,9 +122,16 @@ def test_passes_are_carried_into_the_cached_model(tmp_path, passes, replaced, op
     original = _cached_prefill_logits(model.original_module, tokens)
     assert np.abs(original - want).max() > 1e-3
     assert not any(type(m).__name__ == "TransplantedLinear" for m in model.original_module.modules())
-    if "prune" in passes:  # the fused gate/up projection lost the same channels in both halves
+    if "mlp" in passes:  # the fused gate/up projection lost the same channels in both halves
         mlp = carried.module.model.layers[0].mlp
         assert mlp.gate_up_proj.w0.shape[0] == 2 * mlp.down_proj.w0.shape[1] < 2 * 192
+    spec = KVCacheLM(carried.module, 96).spec
+    if "self_attn" in passes and "prune" in passes:
+        # whole heads went, grouped-query coupling kept: one key/value head with its two query heads (of 2 / 4)
+        assert (spec.num_kv_heads, spec.num_heads, spec.head_dim) == (1, 2, 24)
+        assert carried.module.model.layers[0].self_attn.o_proj.in_features == 48
+    else:
+        assert (spec.num_kv_heads, spec.num_heads) == (2, 4)
 
 
 def test_changes_outside_the_linears_are_refused(tmp_path):
