@@ -119,7 +119,8 @@ class DecoderSpec:
         inv_freq = base.rotary_emb.inv_freq
         num_heads = int(getattr(config, "num_attention_heads", None) or attn.num_heads)
         num_kv = int(getattr(config, "num_key_value_heads", None) or getattr(attn, "num_kv_heads", num_heads))
-        head_dim = int(getattr(config, "head_dim", None) or attn.q_proj.out_features // num_heads)
+        head_dim = int(getattr(config, "head_dim", None) or getattr(attn, "head_dim", None)
+                       or attn.q_proj.out_features // num_heads)
         # heads pruned by the schedule's passes: the projections' widths count them (every layer alike)
         widths = {(getattr(a.q_proj, "out_features", None), getattr(a.k_proj, "out_features", None))
                   for a in (layer.self_attn for layer in base.layers)}

@@ -160,7 +160,7 @@ def build(sched_path: Path, options: BuildOptions) -> BuildResult:
     original = steps.run("evaluate original", Outputs.collect, model.reference, evaluation.batches())
     stats_before = model_stats(model)
     # the untransformed model, lowered too, so the report can time the host library before and after the passes
-    baseline_mod = steps.run("import original to Relax", model.to_relax) if checked.steps else None
+    baseline_mod = steps.run("import original to Relax", _baseline_relax, model) if checked.steps else None
 
     passes: List[PassRecord] = []
     for step in checked.steps:
@@ -299,6 +299,16 @@ def run_pass(checked: CheckedSchedule, step, model: Model, datasets, log) -> Pas
     selector = " ".join(filter(None, [f"on {', '.join(step.selector.ops)}" if step.selector.ops else "",
                                       f'in "{step.selector.path}"' if step.selector.path else ""]))
     return PassRecord(step.name, selector, dict(step.params), result, time.perf_counter() - start)
+
+
+def _baseline_relax(model: Model):
+    """The model before the schedule's passes, legalized for TVM like the transformed one, as Relax."""
+    if model.kind != "fx":
+        return model.to_relax()
+    baseline = model.clone()
+    for name in FX_LEGALIZATION:
+        _run_legalization(name, baseline)
+    return baseline.to_relax()
 
 
 def _run_legalization(name: str, model: Model) -> PassResult:

@@ -1178,6 +1178,27 @@ def _register_fx_rules() -> None:
             o = d1 if axis == d0 else d0 if axis == d1 else axis
             b.couple(b.space(x, axis), b.space(n, o))
 
+    @reg("aten.scaled_dot_product_attention")
+    def _sdpa(b, n):
+        """Attention over heads (axis 1 of q, k, v [B, H, S, D] and of the output): each head attends alone, so the
+        heads axis goes through; with fewer key/value heads (``enable_gqa``) kv head i serves query heads
+        r·i … r·i+r-1. A mask broadcast over heads is not coupled; a mask per head is."""
+        q, k, v = n.args[:3]
+        mask = _fx_arg(n, 3, "attn_mask")
+        qs, ks, vs, out = b.shape(q), b.shape(k), b.shape(v), b.shape(n)
+        if any(s is None or len(s) != 4 for s in (qs, ks, vs, out)) or ks[1] != vs[1] or qs[1] % ks[1]:
+            return
+        axes = {a for x in (q, k, v) for a in b.existing(x)}
+        if 1 not in axes:
+            return
+        target = b.space(n, 1)
+        b.couple(b.space(q, 1), target)
+        r = qs[1] // ks[1]
+        for x in (k, v):
+            b.couple(b.space(x, 1), target, expand(ks[1], r) if r > 1 else None)
+        if mask is not None and b.shape(mask) is not None and len(b.shape(mask)) == 4 and b.shape(mask)[1] == qs[1] > 1:
+            b.couple(b.space(mask, 1), target)
+
     @reg("aten.stack")
     def _stack(b, n):
         """``stack(tensors, dim)``: axis a of every input is axis a (a < dim) or a + 1 of the output."""

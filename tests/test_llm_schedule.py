@@ -189,3 +189,45 @@ def test_int4_schedule_builds_generates_and_reports_agreement(cli, tmp_path):
     result = cli("generate", out, "--prompt", "A function definition ", "--max-new-tokens", "8")
     assert result.code == 0, result.err
     assert "decode: 7 tokens" in result.out and "text: 'A function definition '" in result.out
+
+
+QWEN2 = '''
+import torch
+import transformers as T
+
+
+def build():
+    config = T.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, use_cache=False)
+    torch.manual_seed(0)
+    model = T.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # transformers' init gives near-uniform logits: ties would decide tokens
+        for p in model.parameters():
+            p.normal_(0.0, 0.08) if p.dim() > 1 else p.normal_(1.0, 0.1)
+    return model, (torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(1)),)
+'''
+
+
+@pytest.mark.slow
+def test_transformers_qwen2_pruned_heads_ffn_and_int8_generates(cli, tmp_path):
+    """Somebody else's decoder (transformers' Qwen2, SDPA attention, grouped-query): half its heads and a quarter of
+    its FFN channels pruned, int8 weights, then prefill + decode: the library generates the transformed model's
+    tokens, with the cache at one key/value head."""
+    (tmp_path / "qwen.py").write_text(QWEN2)
+    (tmp_path / "q.sched").write_text(
+        'model "qwen.py:build"\n'
+        'pass prune_channels on linear in "model.layers.*.self_attn.*" { ratio = 0.5 }\n'
+        'pass prune_channels on linear in "model.layers.*.mlp.*" { ratio = 0.25 }\n'
+        'pass quantize_weights on linear in "model.layers.**" { bits = 8 }\n'
+        'generate { max_cache_len = 40  new_tokens = 12 }\n'
+        'target host { threads = 1 }\n')
+    out = tmp_path / "out"
+    result = cli("build", tmp_path / "q.sched", "--out", out, "--quiet")
+    assert result.code == 0, result.err
+    info = json.loads((out / "llm.json").read_text())
+    assert info["cache_shape"] == [2, 2, 1, 40, 16]
+    assert (info["spec"]["num_heads"], info["spec"]["num_kv_heads"]) == (2, 1)
+    [check] = info["checks"]
+    assert check["sequences_equal"] == check["prompts"] and check["agreement"] == 1.0, check
+    assert check["original_agreement"] is not None
+    assert len(info["transplanted"]) == 14
