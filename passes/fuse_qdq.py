@@ -58,7 +58,7 @@ from torch.ao.quantization.fx import _decomposed  # noqa: F401  (registers torch
 from aglmc.dsl.params import Param
 from aglmc.passes.base import Pass, PassContext, PassResult, register_pass
 from aglmc.passes.fx_utils import finish, get_constant
-from aglmc.passes.onnx_utils import constant_value, is_graph_output
+from aglmc.passes.onnx_utils import constant_value, is_graph_output, redirect_readers
 from aglmc.passes.select import fx_op_name, fx_path
 
 _aten = torch.ops.aten
@@ -257,10 +257,7 @@ class FuseQDQ(Pass):
         problem = _cuts_range(*bounds, qp)
         if problem:
             return f"declined at {site}: {problem}"
-        consumer = out.outputs[0]
-        for i, t in enumerate(consumer.inputs):
-            if t is out:
-                consumer.inputs[i] = act.inputs[0]
+        redirect_readers(out, act.inputs[0])
         act.outputs.clear()
         return f"applied at {site}: {_absorbed(act.op, *bounds, qp)}"
 
@@ -315,10 +312,7 @@ class FuseQDQ(Pass):
         out = q.outputs[0]
         if is_graph_output(graph, out):
             return f"declined at {site}: the quantize writes a graph output"
-        for consumer in list(out.outputs):
-            for i, t in enumerate(consumer.inputs):
-                if t is out:
-                    consumer.inputs[i] = x
+        redirect_readers(out, x)
         q.outputs.clear()
         return f"applied at {site}: identity requantization {_onnx_site(dq)} → {site} removed ({_params_text(qp)})" + \
             _kept(_live_readers(dq.outputs[0]))

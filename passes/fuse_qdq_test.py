@@ -384,7 +384,7 @@ def test_end_to_end_digits_like_cnn_fewer_qdq_same_outputs():
 
 @pytest.mark.slow
 def test_host_build_of_int8_digits_with_fuse_qdq(tmp_path):
-    """examples/05_int8's schedule with ``pass fuse_qdq`` after quantize_static still builds and keeps accuracy;
+    """examples/06_int8's schedule with ``pass fuse_qdq`` after quantize_static still builds and keeps accuracy;
     the max-pool kernel no longer requantizes (about 8 s: one host build)."""
     from aglmc.compiler.pipeline import BuildOptions, build
 

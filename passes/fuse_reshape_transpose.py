@@ -29,7 +29,7 @@ import torch
 
 from aglmc.passes.base import Pass, PassContext, PassResult, register_pass
 from aglmc.passes.fx_utils import finish
-from aglmc.passes.onnx_utils import constant_value, is_graph_output
+from aglmc.passes.onnx_utils import constant_value, is_graph_output, redirect_readers
 from aglmc.passes.select import fx_path
 
 _aten = torch.ops.aten
@@ -175,10 +175,7 @@ class FuseReshapeTranspose(Pass):
         out = node.outputs[0]
         if is_graph_output(graph, out):
             return f"declined at {site}: identity {what} writes a graph output"
-        for consumer in list(out.outputs):
-            for i, t in enumerate(consumer.inputs):
-                if t is out:
-                    consumer.inputs[i] = source
+        redirect_readers(out, source)
         node.outputs.clear()
         return f"applied at {site}: identity {what} removed"
 

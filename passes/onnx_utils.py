@@ -30,5 +30,15 @@ def single_consumer(tensor):
     return tensor.outputs[0]
 
 
+def redirect_readers(tensor, new, skip=None) -> None:
+    """Every node reading ``tensor`` (except ``skip``) reads ``new`` instead; graph outputs are left alone."""
+    for consumer in list(tensor.outputs):
+        if consumer is skip:
+            continue
+        for i, t in enumerate(consumer.inputs):
+            if t is tensor:
+                consumer.inputs[i] = new
+
+
 def is_graph_output(graph: gs.Graph, tensor) -> bool:
     return any(t is tensor for t in graph.outputs)

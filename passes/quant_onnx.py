@@ -18,7 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from aglmc.errors import PassError
-from aglmc.passes.onnx_utils import constant_value
+from aglmc.passes.onnx_utils import constant_value, redirect_readers
 from aglmc.passes.quant_spec import QuantSpec
 from aglmc.passes.select import onnx_op_kind
 
@@ -166,12 +166,7 @@ class OnnxQuantGraph:
     # rewriting
     def _reroute(self, tensor: gs.Variable, new: gs.Variable, skip: gs.Node) -> None:
         """Every reader of ``tensor`` except ``skip`` reads ``new``; a graph output moves to ``new`` (by name)."""
-        for consumer in list(tensor.outputs):
-            if consumer is skip:
-                continue
-            for i, t in enumerate(consumer.inputs):
-                if t is tensor:
-                    consumer.inputs[i] = new
+        redirect_readers(tensor, new, skip)
         for i, t in enumerate(self.graph.outputs):
             if t is tensor:  # keep the model's output name on what it now returns
                 name = tensor.name

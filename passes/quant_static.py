@@ -29,31 +29,19 @@ from __future__ import annotations
 from typing import Dict, List
 
 from aglmc.dsl.params import Param
-from aglmc.passes.base import Pass, PassContext, PassResult, register_pass
+from aglmc.passes.base import PassContext, PassResult, register_pass
 from aglmc.passes.quant_calib import RangeCollector, needs_histogram
+from aglmc.passes.quant_pass import CHECK_TARGET, QuantPass, keep_output_float_param
 from aglmc.passes.quant_plan import (LayerRecord, TensorPlan, calibration_batches, model_sqnr, output_sqnr,
-                                     quant_graph, quantize_site_weight, shared_source, summarize)
-from aglmc.passes.quant_spec import RANGE_METHODS, QuantScheme, QuantSpec, check_scheme
-
-TARGETS = ("any", "host", "arm", "arm_dotprod")
-
-
-def target_of(option: str):
-    """``(kind, features)`` of the ``check_target`` parameter, None for ``any``."""
-    if option == "any":
-        return None
-    if option == "arm_dotprod":
-        return "arm", ("+neon", "+dotprod")
-    return option, ()
+                                     quantize_site_weight, shared_source, summarize)
+from aglmc.passes.quant_spec import RANGE_METHODS, QuantScheme, QuantSpec
 
 
 @register_pass
-class QuantizeStatic(Pass):
+class QuantizeStatic(QuantPass):
     """Static INT8 PTQ: int8 weights per channel, activations calibrated per tensor, Q/DQ around conv/linear/matmul."""
 
     name = "quantize_static"
-    graph_kinds = ("fx", "onnx")
-    guarantees = ("quantized",)
     params = (
         Param("data", "dataset", doc="calibration data set (samples of the model's inputs)"),
         Param("samples", "int", default=128, min=1, doc="at most this many calibration samples"),
@@ -66,18 +54,15 @@ class QuantizeStatic(Pass):
         Param("weights_symmetric", "bool", default=True,
               doc="weight zero point fixed at 0 (what fast int8 kernels need)"),
         Param("weights_per_channel", "bool", default=True, doc="one weight scale per output channel"),
-        Param("keep_output_float", "bool", default=False,
-              doc="keep the layers that produce the model's outputs in float"),
+        keep_output_float_param(),
         Param("min_sqnr", "float", default=0.0, min=0,
               doc="keep a layer float when quantizing it alone gives an output SQNR (dB) below this; 0: off"),
-        Param("check_target", "enum", default="any", choices=TARGETS,
-              doc="check the scheme against what this target runs fast (any: no check)"),
+        CHECK_TARGET,
     )
 
     def __init__(self, **params):
         super().__init__(**params)
         self._alone: Dict[str, float] = {}  # key -> model output SQNR with that layer alone quantized
-        self.layers: List[LayerRecord] = []
 
     def scheme(self, kind: str = "fx") -> QuantScheme:
         """The scheme this step's parameters ask for (the same for FX and ONNX graphs)."""
@@ -88,27 +73,11 @@ class QuantizeStatic(Pass):
                          percentile=o["percentile"])
         return QuantScheme(weights=weights, activations=acts)
 
-    def run_fx(self, gm, ctx: PassContext) -> PassResult:
-        return self._run("fx", gm, ctx)
-
-    def run_onnx(self, graph, ctx: PassContext) -> PassResult:
-        return self._run("onnx", graph, ctx)
-
     # ---------------------------------------------------------------------------------------------------
     def _run(self, kind: str, graph, ctx: PassContext) -> PassResult:
         o = self.options
-        scheme = self.scheme()
-        target = target_of(o["check_target"])
-        if target is not None:
-            check_scheme(scheme, *target)
-        g = quant_graph(kind, graph)
-        sites = [s for s in g.sites(ctx.selects) if g.act_inputs(s)]
-        records: Dict[str, LayerRecord] = {}
-        if o["keep_output_float"]:
-            for site in g.output_layers(sites):
-                records[g.op_key(site)] = LayerRecord(g.site_name(site), g.op_kind(site), "", "",
-                                                      kept_float="output layer (keep_output_float)")
-            sites = [s for s in sites if g.op_key(s) not in records]
+        scheme, g = self.begin(kind, graph)
+        sites, records = self.keep_outputs(g, [s for s in g.sites(ctx.selects) if g.act_inputs(s)])
         if not sites:
             return PassResult(False, "no conv/linear/matmul to quantize",
                               [r.line() for r in records.values()])

@@ -18,7 +18,7 @@ from tvm import relax
 
 from conftest import EXAMPLES, objdump_aarch64
 
-INT8 = EXAMPLES / "05_int8"
+INT8 = EXAMPLES / "06_int8"
 
 
 def _digits_data():
