@@ -5,8 +5,10 @@
 untuned build should use instead. Its steps, top to bottom:
 
 1. library dispatch      ``cpu_generic.library_dispatch_passes`` (sampling, sort/scan)
-2. legalize and fuse     decompose inference ops, aglmc's pattern fusion (``relax_fusion``: pads into convs,
-                         flattens into dense), LegalizeOps, FoldConstant, FuseOps, FuseTIR
+2. legalize and fuse     decompose inference ops, fold constant calls with numpy (``fold_numpy``: what
+                         FoldConstant would compile with LLVM one call at a time), aglmc's pattern fusion
+                         (``relax_fusion``: pads into convs, flattens into dense), LegalizeOps, FoldConstant,
+                         FuseOps, FuseTIR
 3. count MACs            ``aglmc.macs`` on every fused PrimFunc (for :class:`ScheduleReport`)
 4. mark constants        ``AttachAttrLayoutFreeBuffers``: parameters bound to constants may be repacked
 5. apply database        ``MetaScheduleApplyDatabase`` (only with a database): tuned records win
@@ -31,6 +33,7 @@ from aglmc.targets.relax_fusion import FusePatterns
 from aglmc.targets.quant.int8_rule import Int8Matmul, WeightOnlyMatmul  # issue 6 (INT8)
 from aglmc.targets.quant.lower_qdq import lower_qdq_pass  # issue 6 (INT8)
 
+from .fold_numpy import fold_constants_numpy
 from .isa import vector_isa
 from .report import ScheduleReport, annotate_macs
 from .rules import CpuRule, default_rules
@@ -48,7 +51,8 @@ def pipeline_steps(
         ("library dispatch", cpu_generic.library_dispatch_passes(target)),
         (
             "legalize and fuse",
-            [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(), FusePatterns()]
+            [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
+             fold_constants_numpy, FusePatterns()]
             + cpu_generic.legalize_passes(target),
         ),
         ("count MACs", [annotate_macs]),
