@@ -234,3 +234,16 @@ def minilm_eval():
     """The eight sentences above, tokenized (the metric is cosine similarity to torch's embeddings)."""
     ids, mask = minilm_tokenize(MINILM_SENTENCES)
     return [ids.numpy(), mask.numpy()], None
+
+
+# ---------------------------------------------------------------------------------------------- calibration sets
+# (for the aglmc+int8 variant's quantize_static; named by the schedules bench writes)
+def digits_calibration():
+    """128 training images of the digits set (no labels)."""
+    return _example_module("01_digits_cnn", "data.py").calibration()
+
+
+def image_calibration():
+    """16 images 1×3×224×224 for MobileNetV2 / ResNet-18's activation ranges (the models are re-initialised,
+    so there are no real images to prefer: seeded like their example input)."""
+    return {"pixel_values": torch.cat([_image(224, seed=s) for s in range(1, 17)]).numpy()}

@@ -577,10 +577,39 @@ class Iree(Runtime):
 # ------------------------------------------------------------------------------------------------ registry
 #: aglmc's builds. One entry per variant; ``passes`` are schedule lines (a list for every model, or a dict
 #: model → lines for the models the variant applies to). Later issues add pruned / low-rank / int8 / tuned.
+def _calibration(factory: str) -> str:
+    return f'dataset calib = "{MODELS_FILE}:{factory}"'
+
+
+_CNN_CALIBRATION = {"digits": "digits_calibration", "mobilenetv2": "image_calibration",
+                    "resnet18": "image_calibration"}
+
 AGLMC_VARIANTS: List[AglmcVariant] = [
     AglmcVariant("aglmc", "fp32"),
     AglmcVariant("aglmc+fold_bn", "fold BN", passes={m: ["pass fold_batchnorm"]
                                                      for m in ("digits", "mobilenetv2", "resnet18")}),
+    # the compression techniques, each as a user would schedule it (no recovery training: the rows show what
+    # the technique costs in the metric or error, and what it buys in latency and size)
+    AglmcVariant("aglmc+pruned", "pruned 30%", lossy=True, passes={
+        **{m: ["pass fold_batchnorm", "pass prune_channels { ratio = 0.3 }"]
+           for m in ("digits", "mobilenetv2", "resnet18")},
+        "minilm": ['pass prune_channels on linear in "bert.encoder.layer.*.intermediate.dense" { ratio = 0.3 }'],
+        "glm": ['pass prune_channels on linear in "model.layers.**" { ratio = 0.3 }'],  # FFN channels and heads
+    }),
+    AglmcVariant("aglmc+lowrank", "low-rank ½", lossy=True, passes={
+        "minilm": ['pass lowrank_svd on linear in "bert.encoder.layer.*.intermediate.dense" { rank_ratio = 0.5 }',
+                   'pass lowrank_svd on linear in "bert.encoder.layer.*.output.dense" { rank_ratio = 0.5 }'],
+        "glm": ['pass lowrank_svd on linear in "model.layers.*.mlp.*" { rank_ratio = 0.5 }'],
+    }),
+    AglmcVariant("aglmc+int8", "int8", lossy=True, passes={
+        **{m: [_calibration(f), "pass fold_batchnorm", "pass quantize_static { data = calib  samples = 16 }"]
+           for m, f in _CNN_CALIBRATION.items()},
+        "minilm": ["pass quantize_dynamic { granularity = per_token }"],
+        "glm": ["pass quantize_weights { bits = 8 }"],
+    }),
+    AglmcVariant("aglmc+int4", "int4 weights", lossy=True, passes={
+        "glm": ['pass quantize_weights on linear in "model.layers.**" { bits = 4  group_size = 32 }'],
+    }),
 ]
 
 RUNTIMES: Dict[str, Runtime] = {r.name: r for r in [

@@ -100,13 +100,14 @@ class _Folder(relax.PyExprMutator):
         super().__init__(mod)
         self.folded = 0
 
-    def _constant(self, expr):
-        if isinstance(expr, tvm.ir.expr.Constant):
-            return expr
+    def _array(self, expr) -> Optional[np.ndarray]:
+        """The value of a constant operand (a tensor constant, a scalar prim value, or a var bound to one)."""
         if isinstance(expr, tvm.ir.Var):
-            bound = self.lookup_binding(expr)
-            if isinstance(bound, tvm.ir.expr.Constant):
-                return bound
+            expr = self.lookup_binding(expr)
+        if isinstance(expr, (tvm.tirx.FloatImm, tvm.tirx.IntImm)):  # relax.prim_value(...): a scalar
+            return np.array(expr.value, dtype=str(expr.ty.dtype))
+        if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy"):
+            return expr.value.numpy()
         return None
 
     def visit_call_(self, call: relax.Call):
@@ -114,10 +115,9 @@ class _Folder(relax.PyExprMutator):
         if not isinstance(call.op, tvm.ir.Op) or call.op.name not in _FOLDABLE:
             return call
         operands = call.args[:1] if call.op.name in _SHAPED else call.args
-        consts = [self._constant(a) for a in operands]
-        if any(c is None for c in consts):
+        args = [self._array(a) for a in operands]
+        if any(a is None for a in args):
             return call
-        args = [c.value.numpy() for c in consts]
         value = _shaped(call, args) if call.op.name in _SHAPED else _evaluate(call, args)
         sinfo = call.ty  # the call's tensor type: dtype and shape
         if value is None or getattr(sinfo, "dtype", None) is None:

@@ -51,8 +51,8 @@ def pipeline_steps(
         ("library dispatch", cpu_generic.library_dispatch_passes(target)),
         (
             "legalize and fuse",
-            [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
-             fold_constants_numpy, FusePatterns()]
+            [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
+             relax.transform.CanonicalizeBindings(), fold_constants_numpy, FusePatterns()]
             + cpu_generic.legalize_passes(target),
         ),
         ("count MACs", [annotate_macs]),
