@@ -247,24 +247,9 @@ class OnnxRuntimeInt8(OnnxRuntime):
 # ------------------------------------------------------------------------------------------------ TVM / aglmc
 def tvm_infer(lib_path: str) -> Infer:
     """A TVM Relax library run through the VM in this process (threads from TVM_NUM_THREADS)."""
-    import tvm
-    import tvm_ffi
+    from aglmc.targets.run import HostRunner  # aglmc's own runner: inputs staged once, outputs without a copy
 
-    vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(lib_path), tvm.cpu())
-    main = vm["main"]
-    device = tvm.cpu()
-
-    def flatten(value):
-        if isinstance(value, tvm.runtime.Tensor):
-            return [value.numpy()]
-        if isinstance(value, (list, tuple, tvm_ffi.Array)):
-            return [a for v in value for a in flatten(v)]
-        return [np.asarray(value)]
-
-    def infer(inputs):
-        return flatten(main(*[tvm.runtime.tensor(a, device) for a in inputs]))
-
-    return infer
+    return HostRunner(lib_path).run
 
 
 def _relax_module(sched: Path):

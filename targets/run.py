@@ -30,6 +30,39 @@ def set_runtime_threads(threads: int) -> int:
     return int(tvm.runtime.num_threads())
 
 
+#: the alignment TVM's kernels assume of every buffer (TIR's default data alignment)
+ALIGNMENT = 64
+
+
+def host_tensor(array: np.ndarray):
+    """``array`` as a CPU tensor for a library call, without a copy when it is contiguous and 64-byte aligned
+    (DLPack; the library only reads it). ``tvm.runtime.tensor`` copies: 13 µs for the digits CNN's 256-byte input,
+    against 0.4 µs, which was a third of that model's whole call."""
+    array = np.ascontiguousarray(array)
+    if array.ctypes.data % ALIGNMENT or not array.flags.writeable:
+        aligned = aligned_empty(array.shape, array.dtype)
+        aligned[...] = array
+        array = aligned
+    return tvm.runtime.from_dlpack(array)
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    raw = np.empty(count * dtype.itemsize + ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def host_array(tensor) -> np.ndarray:
+    """A CPU tensor the library returned, as numpy without a copy (the array keeps the tensor alive, so the
+    runtime's memory pool does not hand its storage to a later call)."""
+    try:
+        return np.from_dlpack(tensor)
+    except (TypeError, BufferError, RuntimeError):  # dtypes numpy's DLPack import does not take (e.g. bool)
+        return tensor.numpy()
+
+
 def flatten_outputs(value: Any) -> List[np.ndarray]:
     """A VM result (a tensor, or nested tuples/Arrays of tensors and shapes) as a flat list of numpy arrays."""
     if isinstance(value, (tvm_ffi.Shape, tvm.runtime.ShapeTuple)):
@@ -37,7 +70,7 @@ def flatten_outputs(value: Any) -> List[np.ndarray]:
     if isinstance(value, (list, tuple, tvm_ffi.Array)):
         return [a for v in value for a in flatten_outputs(v)]
     if isinstance(value, tvm.runtime.Tensor):
-        return [value.numpy()]
+        return [host_array(value) if value.device.dlpack_device_type() == tvm.cpu().dlpack_device_type() else value.numpy()]
     if isinstance(value, (int, float, bool, np.generic)):
         return [np.asarray(value)]
     raise TargetError(f"the model returned a {type(value).__name__}, which aglmc cannot turn into an array")
@@ -67,13 +100,30 @@ class HostRunner:
         except Exception as e:
             raise TargetError(f"cannot load {lib_path}: {error_summary(e)}") from e
         self.function = function
+        self._staging: List[Any] = []  # per input: (aligned numpy buffer, the tensor viewing it)
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
-        """Outputs of one call with ``inputs`` (in the model's input order), flattened to a list."""
-        device = tvm.cpu()
-        args = [tvm.runtime.tensor(np.ascontiguousarray(x), device) for x in inputs]
+        """Outputs of one call with ``inputs`` (in the model's input order), flattened to a list.
+
+        Inputs are copied into 64-byte aligned buffers the runner keeps (one ``copyto``; a fresh tensor per
+        call cost 7-13 µs, a third of a small CNN's call); outputs come back without a copy, except one that
+        shares memory with those buffers (a model that returns a view of its input)."""
+        args = [self._stage(i, x) for i, x in enumerate(inputs)]
         try:
             result = self._main(*args)
         except Exception as e:
             raise TargetError(f"running {self.path.name}:{self.function} failed: {error_summary(e)}") from e
-        return flatten_outputs(result)
+        outputs = flatten_outputs(result)
+        staged = [buf for buf, _ in self._staging]
+        return [o.copy() if any(np.may_share_memory(o, s) for s in staged) else o for o in outputs]
+
+    def _stage(self, i: int, x) -> Any:
+        x = np.asarray(x)
+        if i >= len(self._staging):
+            self._staging.append(None)
+        entry = self._staging[i]
+        if entry is None or entry[0].shape != x.shape or entry[0].dtype != x.dtype:
+            buf = aligned_empty(x.shape, x.dtype)
+            entry = self._staging[i] = (buf, tvm.runtime.from_dlpack(buf))
+        np.copyto(entry[0], x)
+        return entry[1]
