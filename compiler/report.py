@@ -87,14 +87,27 @@ def render(result) -> str:
     host = next((t for t in result.targets if t.kind == "host"), None)
     schedule = getattr(host.info, "schedule", None) if host is not None else None
     if schedule is not None:
-        total = sum(f.macs or 0 for f in schedule.functions) or 1
+        from aglmc.targets.cpu.report import time_shares
+
+        total = sum((f.macs or 0) * f.calls for f in schedule.functions) or 1
+        shares = time_shares(schedule)
+        kernel_ms = sum(f.ms * f.calls for f in schedule.functions if f.ms is not None)
         lines += ["", "## Kernels (host)", "",
                   f"{len(schedule.functions)} fused kernels; the schedule rule that scheduled each "
-                  "('fallback': no specialised rule matched; 'database': a tuning record).", "",
-                  "| kernel | rule | MACs | share of MACs |", "|---|---|---:|---:|"]
-        for f in sorted(schedule.functions, key=lambda f: -(f.macs or 0)):
-            lines.append(f"| {f.name} | {f.rule} | {'?' if f.macs is None else f'{f.macs:,}'} | "
-                         f"{100 * (f.macs or 0) / total:.1f}% |")
+                  "('fallback': no specialised rule matched; 'database': a tuning record), its work, and its "
+                  "time: each kernel timed alone in the built library on random inputs (time per call x calls "
+                  "per inference; kernels with symbolic shapes are not timed)."
+                  + (f" The kernels sum to {kernel_ms:.3f} ms"
+                     + (f" of the {v.latency_ms:.3f} ms latency (the rest: the VM, allocation, the call)"
+                        if v.latency_ms else "") + "." if kernel_ms else ""), "",
+                  "| kernel | rule | calls | MACs per call | share of MACs | ms per call | share of time |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        order = sorted(schedule.functions, key=lambda f: (-shares.get(f.name, -1.0), -(f.macs or 0) * f.calls))
+        for f in order:
+            time_text = "—" if f.ms is None else f"{f.ms:.4f}"
+            share = f"{100 * shares[f.name]:.1f}%" if f.name in shares else "—"
+            lines.append(f"| {f.name} | {f.rule} | {f.calls} | {'?' if f.macs is None else f'{f.macs:,}'} | "
+                         f"{100 * (f.macs or 0) * f.calls / total:.1f}% | {time_text} | {share} |")
 
     if getattr(result, "llm", None) is not None:  # aglmc issue 10
         from aglmc.compiler.llm import render_report

@@ -68,7 +68,9 @@ class BuildInfo:
             "compile_seconds": round(self.compile_seconds, 3),
             "link_seconds": round(self.link_seconds, 3),
             "linker": self.linker,
-            **({"schedule": {f.name: {"rule": f.rule, "macs": f.macs} for f in self.schedule.functions}}
+            **({"schedule": {f.name: {"rule": f.rule, "macs": f.macs, "calls": f.calls,
+                                      **({"ms": round(f.ms, 5)} if getattr(f, "ms", None) is not None else {})}
+                             for f in self.schedule.functions}}
                if self.schedule is not None else {}),
         }
 

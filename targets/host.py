@@ -72,6 +72,21 @@ def detect_host_cpu() -> str:
     return cpu or str(tvm.target.codegen.llvm_get_system_cpu())
 
 
+def _with_kernel_times(info, settings):
+    """``info`` with each kernel's time per call measured here, in the built library (issue 12: the report's
+    time shares). The host library runs on this machine, with the build's thread count."""
+    import dataclasses
+
+    from aglmc.targets.cpu.report import time_kernels
+    from aglmc.targets.run import set_runtime_threads
+
+    if info.schedule is None:
+        return info
+    set_runtime_threads(int(settings["threads"]))
+    library = tvm.runtime.load_module(str(info.path))
+    return dataclasses.replace(info, schedule=time_kernels(library, info.schedule))
+
+
 @register_target
 class HostTarget(Target):
     """This machine's CPU, compiled by LLVM for the detected CPU model."""
@@ -99,7 +114,8 @@ class HostTarget(Target):
     @classmethod
     def build(cls, mod: tvm.IRModule, settings: Mapping[str, Any], out_path: Path, *, database=None) -> BuildInfo:
         s = cls.resolve(settings)
-        return build_library(cls.kind, mod, cls.tvm_target(s), s, out_path, host_linker(), database=database)
+        info = build_library(cls.kind, mod, cls.tvm_target(s), s, out_path, host_linker(), database=database)
+        return _with_kernel_times(info, s)
 
     # aglmc issue 7: autotuning, measured on this machine
     @classmethod

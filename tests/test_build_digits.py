@@ -101,3 +101,19 @@ def test_failed_build_keeps_previous_artifact_and_inputs(tmp_path, cli):
     assert json.loads((out / "manifest.json").read_text()) == {"previous": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "tight.sched"]  # no staging left
     assert {p: p.read_bytes() for p in DIGITS.iterdir() if p.is_file()} == before
+
+
+def test_report_gives_each_kernels_rule_macs_and_measured_time_share(digits_artifact):
+    """issue 12: per fused kernel, the rule, its share of the MACs and its measured share of the time (each kernel
+    timed alone in the built host library); the arm library's kernels are not timed here."""
+    manifest = json.loads((digits_artifact / "manifest.json").read_text())
+    host = next(t for t in manifest["targets"] if t["kind"] == "host")
+    kernels = host["schedule"]
+    assert kernels and all(k["ms"] > 0 and k["calls"] >= 1 for k in kernels.values()), kernels
+    arm = next(t for t in manifest["targets"] if t["kind"] == "arm")
+    assert not any("ms" in k for k in arm["schedule"].values())
+    report = (digits_artifact / "report.md").read_text()
+    assert "| kernel | rule | calls | MACs per call | share of MACs | ms per call | share of time |" in report
+    shares = [float(line.rsplit("|", 2)[-2].strip().rstrip("%")) for line in report.splitlines()
+              if line.startswith("| fused_") or line.startswith("| max_pool")]
+    assert len(shares) == len(kernels) and abs(sum(shares) - 100.0) < 0.5, shares

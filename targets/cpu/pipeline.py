@@ -35,7 +35,7 @@ from aglmc.targets.quant.lower_qdq import lower_qdq_pass  # issue 6 (INT8)
 
 from .fold_numpy import fold_constants_numpy
 from .isa import vector_isa
-from .report import ScheduleReport, annotate_macs
+from .report import ScheduleReport, annotate_macs, call_counts
 from .rules import CpuRule, default_rules
 
 
@@ -106,8 +106,14 @@ def compile_cpu(
     TargetError
         When ``target`` is not an LLVM CPU target, or TVM fails to build the module.
     """
-    lowered = cpu_pipeline(target, database=database)(mod)
-    report = ScheduleReport.from_module(lowered)
+    calls: dict = {}
+    with target:
+        for name, step in pipeline_steps(target, database=database):
+            if name == "lower dataflow":  # the last step where kernels are still call_tir (for the time shares)
+                calls = call_counts(mod)
+            mod = step(mod)
+    lowered = mod
+    report = ScheduleReport.from_module(lowered, calls)
     try:
         executable = tvm.compile(lowered, target, relax_pipeline=None)
     except tvm.error.InternalError as err:

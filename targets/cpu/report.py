@@ -72,13 +72,57 @@ def annotate_macs(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRM
     return mod
 
 
+def call_counts(mod: tvm.IRModule) -> dict[str, int]:
+    """How many ``call_tir`` of each PrimFunc (by name) the Relax functions of ``mod`` make (before the VM
+    lowering of dataflow turns them into plain calls)."""
+    from tvm import relax
+
+    counts: dict[str, int] = {}
+
+    @relax.expr_functor.visitor
+    class _Calls(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir" and call.args:
+                callee = call.args[0]
+                if isinstance(callee, tvm.ir.GlobalVar):
+                    counts[callee.name_hint] = counts.get(callee.name_hint, 0) + 1
+            for arg in call.args:
+                self.visit_expr(arg)
+
+    for _gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            _Calls().visit_expr(func)
+    return counts
+
+
+def static_args(func: tirx.PrimFunc) -> tuple[tuple[tuple[int, ...], str], ...] | None:
+    """(shape, dtype) of each buffer argument of ``func``; None when a shape is symbolic."""
+    from tvm.s_tir import meta_schedule as ms
+
+    out = []
+    try:
+        infos = ms.arg_info.ArgInfo.from_prim_func(func)
+    except (TypeError, ValueError, RuntimeError):  # symbolic shapes: TVM cannot make them IntImm arrays
+        return None
+    for info in infos:
+        shape = getattr(info, "shape", None)
+        if shape is None or not all(isinstance(d, (int, tirx.IntImm)) for d in shape):
+            return None
+        out.append((tuple(int(d) for d in shape), str(info.dtype)))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class ScheduledFunction:
-    """One PrimFunc of a built model: its name, the rule that scheduled it, its multiply-accumulates."""
+    """One PrimFunc of a built model: its name, the rule that scheduled it, its multiply-accumulates, and (for
+    the time shares) its static argument shapes, how often the model calls it, and its measured time per call."""
 
     name: str
     rule: str
     macs: int | None
+    args: tuple | None = None
+    calls: int = 1
+    ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,8 +140,9 @@ class ScheduleReport:
     functions: tuple[ScheduledFunction, ...]
 
     @staticmethod
-    def from_module(mod: tvm.IRModule) -> ScheduleReport:
-        """Read the report off a module that went through :func:`~aglmc.targets.cpu.cpu_pipeline`."""
+    def from_module(mod: tvm.IRModule, calls: dict[str, int] | None = None) -> ScheduleReport:
+        """Read the report off a module that went through :func:`~aglmc.targets.cpu.cpu_pipeline` (``calls``:
+        :func:`call_counts` of it before "lower dataflow")."""
         entries = []
         for gvar, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc):
@@ -110,7 +155,8 @@ class ScheduleReport:
             else:
                 rule = UNSCHEDULED
             macs = int(attrs[MACS_ATTR]) if MACS_ATTR in attrs else None
-            entries.append(ScheduledFunction(gvar.name_hint, rule, None if macs == -1 else macs))
+            entries.append(ScheduledFunction(gvar.name_hint, rule, None if macs == -1 else macs, static_args(func),
+                                             max(1, (calls or {}).get(gvar.name_hint, 1))))
         return ScheduleReport(tuple(sorted(entries, key=lambda e: e.name)))
 
     def rule_of(self, name: str) -> str:
@@ -131,3 +177,37 @@ class ScheduleReport:
         for e in self.functions:
             lines.append(f"{e.name:<{width}}  {e.rule:<12} {'?' if e.macs is None else e.macs}")
         return "\n".join(lines)
+
+
+def time_kernels(library, report: ScheduleReport, *, budget_ms: int = 2) -> ScheduleReport:
+    """``report`` with each kernel's time per call measured in ``library`` (a loaded host module), on random
+    inputs of its static shapes (zeros for integer arguments: indices stay in range). A kernel with symbolic
+    shapes, or one that does not run, keeps ``ms = None``. About ``budget_ms`` x 3 of calls per kernel."""
+    import dataclasses
+
+    import numpy as np
+
+    device = tvm.cpu()
+    rng = np.random.default_rng(0)
+    modules = [library, *library.imports]
+    timed = []
+    for entry in report.functions:
+        ms = None
+        owner = next((m for m in modules if entry.args is not None and m.implements_function(entry.name)), None)
+        if owner is not None:
+            try:
+                args = [tvm.runtime.tensor(rng.standard_normal(shape).astype(dtype) if dtype.startswith("float")
+                                           else np.zeros(shape, dtype), device) for shape, dtype in entry.args]
+                evaluator = owner.time_evaluator(entry.name, device, number=1, repeat=3, min_repeat_ms=int(budget_ms))
+                ms = float(np.median(evaluator(*args).results)) * 1e3
+            except Exception:  # noqa: BLE001 - a kernel that cannot run alone is reported without a time
+                ms = None
+        timed.append(dataclasses.replace(entry, ms=ms))
+    return ScheduleReport(tuple(timed))
+
+
+def time_shares(report: ScheduleReport) -> dict[str, float]:
+    """Each timed kernel's share of the summed kernel time per inference (time per call x calls)."""
+    totals = {f.name: f.ms * f.calls for f in report.functions if f.ms is not None}
+    whole = sum(totals.values())
+    return {name: t / whole for name, t in totals.items()} if whole > 0 else {}

@@ -62,6 +62,8 @@ def extract_tasks(relax_mod: tvm.IRModule, tvm_target: tvm.target.Target) -> Lis
 
     from aglmc.targets.cpu.report import MACS_ATTR
 
+    from aglmc.targets.cpu.report import call_counts
+
     fused = fused_module(relax_mod, tvm_target)
     calls = call_counts(fused)
     by_hash: Dict[str, Task] = {}
@@ -80,28 +82,6 @@ def extract_tasks(relax_mod: tvm.IRModule, tvm_target: tvm.target.Target) -> Lis
         else:
             by_hash[shash] = Task(gvar.name_hint, workload, shash, None if macs < 0 else macs, n)
     return sorted(by_hash.values(), key=lambda t: (-total_macs(t), t.name))
-
-
-def call_counts(mod: tvm.IRModule) -> Dict[str, int]:
-    """How many ``call_tir`` of each PrimFunc (by name) the Relax functions of ``mod`` make."""
-    from tvm import relax
-
-    counts: Dict[str, int] = {}
-
-    @relax.expr_functor.visitor
-    class _Calls(relax.PyExprVisitor):
-        def visit_call_(self, call):
-            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir" and call.args:
-                callee = call.args[0]
-                if isinstance(callee, tvm.ir.GlobalVar):
-                    counts[callee.name_hint] = counts.get(callee.name_hint, 0) + 1
-            for arg in call.args:
-                self.visit_expr(arg)
-
-    for _gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            _Calls().visit_expr(func)
-    return counts
 
 
 def total_macs(task: Task) -> int:
