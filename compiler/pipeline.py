@@ -460,24 +460,21 @@ def _build_llm(checked: CheckedSchedule, model: Model, passes: List[PassRecord],
     from aglmc.compiler import llm
     from aglmc.compiler.transplant import transplant
 
+    settings = checked.generation.params
     original = model.original_module
     module, replaced = original, {}
-    if any(p.result.changed for p in passes):
-        try:
-            carried = transplant(original, model.graph, model.example_inputs, model.run(model.example_inputs),
-                                 run=llm.prefill_logits(checked.generation.params))
-        except AglmcError as e:
-            if e.location is None:
-                e.location, e.source = checked.generation.loc, checked.schedule.text
-            raise
-        log(f"     LLM: {carried.summary()} (forward vs the transformed graph: {carried.max_error:.2g} relative)")
-        module, replaced = carried.module, carried.replaced
-    example = model.example_inputs[0] if model.example_inputs else None
     try:
-        return llm.build_llm(targets, module, stage, checked.generation.params, datasets=datasets,
+        if any(p.result.changed for p in passes):
+            carried = transplant(original, model.graph, model.example_inputs, model.run(model.example_inputs),
+                                 run=llm.prefill_logits(settings))
+            log(f"     LLM: {carried.summary()} (cached prefill vs the transformed graph: "
+                f"{carried.max_error:.2g} relative)")
+            module, replaced = carried.module, carried.replaced
+        example = model.example_inputs[0] if model.example_inputs else None
+        return llm.build_llm(targets, module, stage, settings, datasets=datasets,
                              original=original if replaced else None, transplanted=replaced,
                              example_tokens=example, log=log)
-    except AglmcError as e:
+    except AglmcError as e:  # located at the generate block, like every other step's errors at their statement
         if e.location is None:
             e.location, e.source = checked.generation.loc, checked.schedule.text
         raise

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -86,7 +86,7 @@ def transplant(original, gm, example_inputs: Sequence[np.ndarray], outputs: Sequ
         carried.update(n.target for n in piece if n.op == "get_attr")
         if _unchanged(gm, piece, linear):
             continue
-        sub = _graph_module(gm, piece, order)
+        sub = _graph_module(gm, piece)
         _set_submodule(module, path, sub)
         result.replaced[path] = [_op_name(n) for n in piece if n.op == "call_function"]
     _check_rest(gm, original, carried)
@@ -127,7 +127,7 @@ def _constant(node) -> bool:
     return all(_constant(a) for a in node.all_input_nodes)
 
 
-def _graph_module(gm, piece: List[Any], order: Dict[Any, int]):
+def _graph_module(gm, piece: List[Any]):
     """``piece`` as a GraphModule ``forward(x)`` with its own copies of the weights it reads."""
     import torch
     import torch.fx as fx
@@ -249,7 +249,3 @@ def _op_name(node) -> str:
 
     return fx_op_name(node)
 
-
-def replaced_ops(result: Transplant) -> List[Tuple[str, str]]:
-    """(module path, ops) rows for the report."""
-    return [(path, " → ".join(ops)) for path, ops in sorted(result.replaced.items())]

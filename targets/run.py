@@ -70,7 +70,8 @@ def flatten_outputs(value: Any) -> List[np.ndarray]:
     if isinstance(value, (list, tuple, tvm_ffi.Array)):
         return [a for v in value for a in flatten_outputs(v)]
     if isinstance(value, tvm.runtime.Tensor):
-        return [host_array(value) if value.device.dlpack_device_type() == tvm.cpu().dlpack_device_type() else value.numpy()]
+        on_cpu = value.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
+        return [host_array(value) if on_cpu else value.numpy()]
     if isinstance(value, (int, float, bool, np.generic)):
         return [np.asarray(value)]
     raise TargetError(f"the model returned a {type(value).__name__}, which aglmc cannot turn into an array")
