@@ -244,6 +244,47 @@ class OnnxRuntimeInt8(OnnxRuntime):
         return {"artifact": str(path), "size": _file_size(path), "notes": f"quantize_dynamic, QInt8 weights; {how}"}
 
 
+#: the calibration sets (factories in bench/models.py) of the models a static INT8 row is built for
+CALIBRATION = {"digits": "digits_calibration", "mobilenetv2": "image_calibration", "resnet18": "image_calibration"}
+
+
+class OnnxRuntimeInt8Static(OnnxRuntime):
+    """onnxruntime's own static INT8 (``quantize_static``, QDQ format, per-channel int8 weights, activations
+    calibrated with min-max on the model's calibration set): the CNN scheme to compare with ``aglmc+int8``."""
+
+    name = "onnxruntime-int8-static"
+    technique = "int8 (static)"
+    lossy = True
+
+    def applies_to(self, model: str) -> bool:
+        return model in CALIBRATION
+
+    def build(self, ctx):
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+        from bench import models
+
+        fp32 = ctx.out / "model-fp32.onnx"
+        how = export_onnx(ctx, fp32)
+        samples = next(iter(getattr(models, CALIBRATION[ctx.model])().values()))
+        name = ctx.input_names[0]
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.rows = iter(np.asarray(samples, dtype=np.float32)[:, None])
+
+            def get_next(self):
+                row = next(self.rows, None)
+                return None if row is None else {name: row}
+
+        path = ctx.out / "model.onnx"
+        quantize_static(str(fp32), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        fp32.unlink()
+        return {"artifact": str(path), "size": _file_size(path),
+                "notes": f"quantize_static QDQ, per-channel QInt8, min-max on {len(samples)} samples; {how}"}
+
+
 # ------------------------------------------------------------------------------------------------ TVM / aglmc
 def tvm_infer(lib_path: str) -> Infer:
     """A TVM Relax library run through the VM in this process (threads from TVM_NUM_THREADS)."""
@@ -561,13 +602,10 @@ class Iree(Runtime):
 
 # ------------------------------------------------------------------------------------------------ registry
 #: aglmc's builds. One entry per variant; ``passes`` are schedule lines (a list for every model, or a dict
-#: model → lines for the models the variant applies to). Later issues add pruned / low-rank / int8 / tuned.
+#: model → lines for the models the variant applies to). Not yet: a tuned variant (it needs a database path).
 def _calibration(factory: str) -> str:
     return f'dataset calib = "{MODELS_FILE}:{factory}"'
 
-
-_CNN_CALIBRATION = {"digits": "digits_calibration", "mobilenetv2": "image_calibration",
-                    "resnet18": "image_calibration"}
 
 AGLMC_VARIANTS: List[AglmcVariant] = [
     AglmcVariant("aglmc", "fp32"),
@@ -588,7 +626,7 @@ AGLMC_VARIANTS: List[AglmcVariant] = [
     }),
     AglmcVariant("aglmc+int8", "int8", lossy=True, passes={
         **{m: [_calibration(f), "pass fold_batchnorm", "pass quantize_static { data = calib  samples = 16 }"]
-           for m, f in _CNN_CALIBRATION.items()},
+           for m, f in CALIBRATION.items()},
         "minilm": ["pass quantize_dynamic { granularity = per_token }"],
         "glm": ["pass quantize_weights { bits = 8 }"],
     }),
@@ -598,7 +636,8 @@ AGLMC_VARIANTS: List[AglmcVariant] = [
 ]
 
 RUNTIMES: Dict[str, Runtime] = {r.name: r for r in [
-    TorchEager(), TorchCompile(), OnnxRuntime(), OnnxRuntimeInt8(), TvmPlain(), *AGLMC_VARIANTS,
+    TorchEager(), TorchCompile(), OnnxRuntime(), OnnxRuntimeInt8(), OnnxRuntimeInt8Static(), TvmPlain(),
+    *AGLMC_VARIANTS,
     LiteRT(), ExecuTorch(), Ncnn(), Mnn(), Iree(),
 ]}
 
