@@ -297,12 +297,10 @@ def _relax_module(sched: Path):
     """The Relax module ``aglmc build`` lowers for ``sched`` when it has no passes: same loader, same FX
     legalizations, same importer."""
     from aglmc.compiler.model import load_model
-    from aglmc.compiler.pipeline import FX_LEGALIZATION, _run_legalization, check_schedule
+    from aglmc.compiler.pipeline import check_schedule, legalize_for_tvm
 
     model = load_model(check_schedule(sched))
-    if model.kind == "fx":
-        for name in FX_LEGALIZATION:
-            _run_legalization(name, model)
+    legalize_for_tvm(model)
     return model.to_relax()
 
 

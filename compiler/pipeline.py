@@ -306,9 +306,15 @@ def _baseline_relax(model: Model):
     if model.kind != "fx":
         return model.to_relax()
     baseline = model.clone()
-    for name in FX_LEGALIZATION:
-        _run_legalization(name, baseline)
+    legalize_for_tvm(baseline)
     return baseline.to_relax()
+
+
+def legalize_for_tvm(model: Model) -> None:
+    """Run :data:`FX_LEGALIZATION` on ``model`` in place (nothing for ONNX models)."""
+    if model.kind == "fx":
+        for name in FX_LEGALIZATION:
+            _run_legalization(name, model)
 
 
 def _run_legalization(name: str, model: Model) -> PassResult:

@@ -110,23 +110,14 @@ def schedule_copy(sched: Path, dest: Path, extra: str = "", replace: dict | None
 
 
 def reinit_for_numerics(model, seed: int = 1):
-    """Kaiming conv/linear weights, small biases and random batch-norm statistics, in place.
+    """Kaiming conv/linear weights, small biases and random batch-norm statistics, in place: the benchmark's own
+    re-initialisation (``bench.models.reinit``), so tests and benchmark measure the same models.
 
     transformers' own init (conv std 0.02) makes a CNN's output independent of its input, so an error check
     on it passes whatever the compiler does (shared/PERF.md); compare numerics only after this.
     """
-    import torch
+    if str(ROOT) not in sys.path:  # bench/ sits beside the installed aglmc package, not inside it
+        sys.path.insert(0, str(ROOT))
+    from bench.models import reinit
 
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-                torch.nn.init.kaiming_normal_(m.weight, generator=gen)
-                if m.bias is not None:
-                    torch.nn.init.uniform_(m.bias, -0.1, 0.1, generator=gen)
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.2, 0.2, generator=gen)
-    return model
+    return reinit(model, seed)
