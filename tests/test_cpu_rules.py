@@ -88,7 +88,11 @@ def test_vector_isa_and_register_tiles():
     assert (neon.name, neon.lanes(), neon.registers) == ("neon", 4, 32)
     assert RegisterTile.for_problem(avx512, "float32", 512, 512) == RegisterTile(4, 64)
     assert RegisterTile.for_problem(avx2, "float32", 512, 512) == RegisterTile(6, 16)
-    assert RegisterTile.for_problem(neon, "float32", 512, 512) == RegisterTile(4, 16)
+    # NEON: a constant broadcast operand is packed at compile time (8 x 3 vectors: 24 accumulators); a
+    # run-time one is read in place, four k per row, and its tile rows divide the operand's rows
+    assert RegisterTile.for_problem(neon, "float32", 2304, 32) == RegisterTile(8, 12, "packed")
+    assert RegisterTile.for_problem(neon, "float32", 256, 256, constant_rows=False) == RegisterTile(4, 16, "in place")
+    assert RegisterTile.for_problem(neon, "float32", 100, 250, constant_rows=False).mr == 5
     assert RegisterTile.for_problem(avx512, "float32", 10, 1) == RegisterTile(1, 16)
 
 
@@ -331,6 +335,58 @@ def test_aarch64_neon_build_uses_vector_fma():
     assert {e.rule for e in report.functions} == {"matmul"}
     assembly = "\n".join(m.inspect_source("s") for m in executable.mod.imports)
     assert re.search(r"\bfmla\s+v\d+\.4s", assembly), "no NEON fmla v.4s in the kernel"
+    # the broadcast operand is multiplied by lane, four values per load (not one ld1r per value)
+    assert re.search(r"\bfmla\s+v\d+\.4s, v\d+\.4s, v\d+\.s\[3\]", assembly), "no fmla by element"
+
+
+@pytest.fixture
+def neon_rules(monkeypatch):
+    """The rules schedule as for NEON (lane-broadcast GEMM tiles, single-register vectors) while the code is
+    built for this host: the schedules' numerics are checked here, without an ARM machine."""
+    from aglmc.targets.cpu.isa import VectorISA
+    from aglmc.targets.cpu.rules import base
+
+    monkeypatch.setattr(base, "vector_isa", lambda target: VectorISA("neon", 128, 32, 1))
+
+
+@pytest.mark.parametrize("m,n,k", [(64, 128, 32), (37, 53, 29), (250, 100, 52), (1, 10, 16), (256, 256, 256)])
+def test_neon_gemm_schedules_match_numpy(neon_rules, m, n, k):
+    rng = np.random.default_rng(5)
+    mod, weight, bias = _dense_module(m, n, k, rng)
+    x = rng.standard_normal((m, k)).astype("float32")
+    out, report = _run(mod, x)
+    np.testing.assert_allclose(out, np.maximum(x @ weight + bias, 0), rtol=1e-4, atol=1e-4)
+    assert {e.rule for e in report.functions} == {"matmul"}
+
+
+def test_neon_batch_matmul_runtime_operands(neon_rules):
+    rng = np.random.default_rng(6)
+    bb = relax.BlockBuilder()
+    q = relax.Var("q", relax.TensorType((2, 20, 32), "float32"))
+    kt = relax.Var("k", relax.TensorType((2, 33, 32), "float32"))
+    with bb.function("main", [q, kt]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.matmul(q, relax.op.permute_dims(kt, [0, 2, 1])))
+        bb.emit_func_output(y)
+    qv, kv = rng.standard_normal((2, 20, 32)).astype("float32"), rng.standard_normal((2, 33, 32)).astype("float32")
+    out, report = _run(bb.get(), qv, kv)
+    np.testing.assert_allclose(out, qv @ kv.transpose(0, 2, 1), rtol=1e-4, atol=1e-4)
+    assert "matmul" in {e.rule for e in report.functions}
+
+
+@pytest.mark.parametrize(
+    "cin,cout,hw,k,stride",
+    [(96, 64, 6, 1, 1), (160, 40, 3, 1, 1), (3, 32, 20, 3, 2), (12, 16, 7, 3, 1), (16, 24, 48, 1, 1)],
+)
+def test_neon_conv2d_schedules_match_torch(neon_rules, cin, cout, hw, k, stride):
+    """Pixels that wrap image rows (6x6, 3x3: vectors of 12 pixels over rows of 6 or 3), padded pixel
+    tiles (49 over 12), a 27-long reduction (3x3x3: no run of four k) and MobileNetV2's 48x48 1x1."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2), torch.nn.ReLU6())
+    x = torch.randn(1, cin, hw, hw)
+    out, report = _run(_torch_module(model, x), x.numpy())
+    np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+    assert {e.rule for e in report.functions} == {"conv2d"}
 
 
 def test_empty_database_leaves_everything_to_the_rules():

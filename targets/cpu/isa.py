@@ -40,6 +40,12 @@ class VectorISA:
         return max(self.vector_bits // tvm.DataType(dtype).bits, 1)
 
     @property
+    def fma_by_lane(self) -> bool:
+        """Whether an FMA can take its multiplier from one lane of a vector register (NEON ``fmla .s[i]``):
+        the GEMM kernel then loads its broadcast operand a vector at a time."""
+        return self.name == "neon"
+
+    @property
     def parallel(self) -> bool:
         """Whether loops should be parallelised at all (a 1-core target gets no thread-pool calls)."""
         return self.num_cores > 1

@@ -48,24 +48,65 @@ PREPROC = "meta_schedule.layout_rewrite_preproc"
 class RegisterTile:
     """An MR x NR accumulator tile: MR broadcast rows by NR = vectors x lanes stream columns.
 
-    Half the register file holds accumulators on 32-register ISAs (AVX-512, NEON): 4 rows x 4 vectors,
-    the 4 x 64 tile that measured fastest on AVX-512 (shared/PERF.md: 167 GFLOP/s, 96 % of MKL; 8 x 32 was
-    close). With 16 registers (AVX2, SSE) 12 accumulators leave room for the stream loads and one
-    broadcast: the classic 6 x 16 AVX2 kernel. Small problems shrink the tile rather than pad it far.
+    AVX-512: half the register file holds accumulators, 4 rows x 4 vectors, the 4 x 64 tile that measured
+    fastest (shared/PERF.md: 167 GFLOP/s, 96 % of MKL; 8 x 32 was close); its broadcasts are memory operands
+    of the FMA and cost no instruction. With 16 registers (AVX2, SSE) 12 accumulators leave room for the
+    stream loads and one broadcast: the classic 6 x 16 AVX2 kernel. Small problems shrink the tile rather
+    than pad it far.
+
+    NEON multiplies by a vector *lane* (``fmla v.4s, b.4s, a.s[i]``), so broadcast values are loaded a
+    vector at a time (``lane_rows``, see :func:`_lane_tile`): from a constant operand packed at compile time
+    as ``[M/MR, K, MR]`` (MR rows of one k per load: 8 x 3 or 6 x 4 vectors, like ncnn's and onnxruntime's
+    aarch64 kernels), or from a run-time operand in place, four k of one row per load (which costs a
+    register per row: 4 x 16, 5 x 16, 7 x 12 ...).
     """
 
     mr: int
     nr: int
+    lane_rows: str | None = None  # NEON: "packed" ([M/MR, K, MR]) or "in place" (four k of a row); else None
 
     @staticmethod
-    def for_problem(isa: VectorISA, dtype: str, vector_extent: int, row_extent: int) -> RegisterTile:
-        """The tile for a GEMM whose vector side has ``vector_extent`` and other side ``row_extent``."""
+    def for_problem(
+        isa: VectorISA, dtype: str, vector_extent: int, row_extent: int, *, constant_rows: bool = True
+    ) -> RegisterTile:
+        """The tile for a GEMM whose vector side has ``vector_extent`` and other side ``row_extent``;
+        ``constant_rows``: the broadcast operand is a constant (NEON packs it at compile time)."""
         lanes = isa.lanes(dtype)
+        if isa.fma_by_lane:
+            return _lane_tile(lanes, vector_extent, row_extent, constant_rows, isa.registers)
         accumulators = isa.registers // 2 if isa.registers >= 32 else isa.registers - 4
         vectors = 4 if isa.registers >= 32 else 2
         vectors = max(1, min(vectors, -(-vector_extent // lanes)))
         mr = max(1, min(accumulators // vectors, 8, row_extent))
         return RegisterTile(mr=mr, nr=vectors * lanes)
+
+
+def _lane_tile(lanes: int, vector_extent: int, row_extent: int, packed: bool, registers: int) -> RegisterTile:
+    """NEON: the tile with the fewest instructions for the padded problem, among those whose accumulators,
+    broadcast registers and stream registers fit the register file. Per four steps of k the kernel issues
+    4·MR·V FMAs, 4·⌈V/2⌉ stream loads (``ldp`` loads two vectors), 3 of loop control and broadcast loads:
+    packed, one (MR ≤ 4, or an ``ldp`` of 8) or two per k; in place, one per row (four k), and a run-time
+    operand is read in place only, so there MR must divide the rows (a padded row would be read past the end).
+    """
+    best, best_cost = None, None
+    for mr in range(1, min(8, row_extent) + 1):
+        if not packed and row_extent % mr:
+            continue
+        for vectors in range(1, min(4, -(-vector_extent // lanes)) + 1):
+            bcast_regs = -(-mr // 4) if packed else mr
+            if mr * vectors > 24 or mr * vectors + bcast_regs + vectors > registers - 2:
+                continue
+            fmas = 4 * mr * vectors
+            bcast_loads = (4 if mr <= 4 or mr == 8 else 8) if packed else mr
+            per_fma = (fmas + bcast_loads + 4 * -(-vectors // 2) + 3) / fmas
+            cost = _padded(row_extent, mr) * _padded(vector_extent, vectors * lanes) * per_fma
+            if best_cost is None or cost < best_cost - 1e-9:
+                best, best_cost = RegisterTile(mr, vectors * lanes, "packed" if packed else "in place"), cost
+    return best
+
+
+def _padded(extent: int, tile: int) -> int:
+    return -(-extent // tile) * tile
 
 
 @dataclass(frozen=True)
@@ -188,7 +229,7 @@ def schedule_gemm(sch: s_tir.Schedule, match: GemmMatch, isa: VectorISA) -> str 
     # window (y, x, c, ...), over which compute_at of a pixel panel infers a wrong (too small) box.
     sch.transform_block_layout(a_re, a_map)
     sch.transform_block_layout(b_re, b_map)
-    _, i_loop, j_loop, _ = sch.get_loops(main)
+    _, i_loop, j_loop, k_loop = sch.get_loops(main)
 
     # 2. Tile sizes, then padding so that every tile is whole.
     vector_on_j = match.vector_side == IterKind.kIter_J
@@ -196,7 +237,11 @@ def schedule_gemm(sch: s_tir.Schedule, match: GemmMatch, isa: VectorISA) -> str 
     m_extent = static_extent(sch, i_loop if vector_on_j else j_loop)
     if v_extent is None or m_extent is None:
         return "dynamic I or J extent"
-    tile = RegisterTile.for_problem(isa, dtype, v_extent, m_extent)
+    bcast_constant = _reads_only(sch, a_re if vector_on_j else b_re, constants)
+    tile = RegisterTile.for_problem(isa, dtype, v_extent, m_extent, constant_rows=bcast_constant)
+    k_extent = static_extent(sch, k_loop)
+    if tile.lane_rows == "in place" and (k_extent is None or k_extent % 4):
+        tile = RegisterTile(tile.mr, tile.nr)  # no vector of four k: one scalar load per row and k
     pad_i, pad_j = (tile.mr, tile.nr) if vector_on_j else (tile.nr, tile.mr)
     sch.pad_einsum(main, [1, pad_i, pad_j, 1])
     a_pack = _merge_into_pack(sch, main, a_re)
@@ -209,6 +254,12 @@ def schedule_gemm(sch: s_tir.Schedule, match: GemmMatch, isa: VectorISA) -> str 
     panel, v_in = sch.split(v_loop, [None, tile.nr])
     row_tile, r_in = sch.split(m_loop, [None, tile.mr])
     sch.reorder(s_loop, panel, row_tile, k_loop, r_in, v_in)
+    k_step = k_loop
+    if tile.lane_rows:  # up to four steps of k per iteration (in place: four, one vector per row)
+        k_unroll = next(u for u in (4, 3, 2, 1) if k_extent is not None and k_extent % u == 0 or u == 1)
+        if k_unroll > 1:
+            k_loop, k_step = sch.split(k_loop, [None, k_unroll])
+            sch.unroll(k_step)
 
     # 4. Accumulate in registers; fold the unpadding, the C' reindex and the epilogue into the write-back.
     acc_out = sch.cache_write(main, 0, "local")
@@ -219,16 +270,28 @@ def schedule_gemm(sch: s_tir.Schedule, match: GemmMatch, isa: VectorISA) -> str 
     wb_r, wb_v = sch.get_loops(acc_out)[-2:]
     if not vector_on_j:
         sch.reorder(wb_v, wb_r)
-    sch.vectorize(sch.get_loops(acc_out)[-1])
-
+    _vectorize(sch, sch.get_loops(acc_out)[-1], isa, dtype)
     # 5. Operands: the stream operand in [S, V/NR, K, NR] panels; constants packed at compile time.
     sch.transform_layout(stream, ("write", 0), lambda s, v, k: (s, v // tile.nr, k, v % tile.nr))
-    if _reads_only(sch, bcast, constants):
+    if tile.lane_rows == "packed":
+        sch.transform_layout(bcast, ("write", 0), lambda s, m, k: (s, m // tile.mr, k, m % tile.mr))
+    bcast_out = sch.get(bcast).writes[0].source
+    if bcast_constant:
         sch.annotate(bcast, PREPROC, True)
     else:
         sch.compute_inline(bcast)
+    if tile.lane_rows:  # broadcast values in registers whose lanes the FMAs read (fmla by element)
+        stream_out = sch.get(stream).writes[0].source
+        index = next(i for i, r in enumerate(sch.get(main).reads)
+                     if (r.source.same_as(bcast_out) if bcast_constant else not r.source.same_as(stream_out))
+                     and not r.source.same_as(sch.get(main).writes[0].source))
+        # "global" scope: a small constant-size buffer becomes an LLVM alloca, which LLVM keeps in
+        # registers; "local" buffers are TVM workspace allocations, which it cannot.
+        rows = sch.cache_read(main, index, "global")
+        sch.compute_at(rows, k_step if tile.lane_rows == "packed" else k_loop, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(rows)[-1])
     sch.unroll(r_in)
-    sch.vectorize(v_in)
+    _vectorize(sch, v_in, isa, dtype)
     outer = sch.fuse(s_loop, panel)
     if _reads_only(sch, stream, constants):
         sch.annotate(stream, PREPROC, True)
@@ -238,7 +301,7 @@ def schedule_gemm(sch: s_tir.Schedule, match: GemmMatch, isa: VectorISA) -> str 
         sch.compute_at(stream, outer, preserve_unit_loops=True)
         v_copy, k_copy = sch.get_loops(stream)[-2:]
         sch.reorder(k_copy, v_copy)  # write the panel row by row, NR contiguous lanes at a time
-        sch.vectorize(v_copy)
+        _vectorize(sch, v_copy, isa, dtype)
         if isa.parallel:
             sch.parallel(outer)
     sch.decompose_reduction(main, k_loop)
@@ -249,6 +312,17 @@ def schedule_gemm(sch: s_tir.Schedule, match: GemmMatch, isa: VectorISA) -> str 
         if loops and not sch.get(loops[0]).same_as(kernel_nest) and PREPROC not in sch.get(block).annotations:
             schedule_loop_nest(sch, block, isa)
     return None
+
+
+def _vectorize(sch: s_tir.Schedule, loop, isa: VectorISA, dtype: str) -> None:
+    """Vectorize ``loop``; on NEON as an unrolled run of single registers. LLVM legalizes a vector of 12
+    floats (three registers) by widening it, and then takes the accumulators apart lane by lane."""
+    lanes = isa.lanes(dtype)
+    extent = static_extent(sch, loop)
+    if isa.fma_by_lane and extent is not None and extent > lanes and extent % lanes == 0:
+        run, loop = sch.split(loop, [None, lanes])
+        sch.unroll(run)
+    sch.vectorize(loop)
 
 
 def _merge_into_pack(sch: s_tir.Schedule, main: SBlockRV, reindex: SBlockRV) -> SBlockRV:
