@@ -83,7 +83,8 @@ class RegisterTile:
 
 def _lane_tile(lanes: int, vector_extent: int, row_extent: int, packed: bool, registers: int) -> RegisterTile:
     """NEON: the tile with the fewest instructions for the padded problem, among those whose accumulators,
-    broadcast registers and stream registers fit the register file. Per four steps of k the kernel issues
+    broadcast registers and stream registers fit the register file. Per four steps of k (the kernel unrolls
+    up to 16) it issues
     4·MR·V FMAs, 4·⌈V/2⌉ stream loads (``ldp`` loads two vectors), 3 of loop control and broadcast loads:
     packed, one (MR ≤ 4, or an ``ldp`` of 8) or two per k; in place, one per row (four k), and a run-time
     operand is read in place only, so there MR must divide the rows (a padded row would be read past the end).
@@ -255,14 +256,14 @@ def schedule_gemm(sch: s_tir.Schedule, match: GemmMatch, isa: VectorISA) -> str 
     row_tile, r_in = sch.split(m_loop, [None, tile.mr])
     sch.reorder(s_loop, panel, row_tile, k_loop, r_in, v_in)
     k_step = k_loop
-    if tile.lane_rows:  # up to four steps of k per iteration (in place: four, one vector per row)
-        k_unroll = next(u for u in (4, 3, 2, 1) if k_extent is not None and k_extent % u == 0 or u == 1)
+    if tile.lane_rows:  # up to 16 steps of k per loop iteration (loop control per 16 x MR x V FMAs)
+        k_unroll = next(u for u in (16, 8, 4, 3, 2, 1) if k_extent is not None and k_extent % u == 0 or u == 1)
         if k_unroll > 1:
             k_loop, k_step = sch.split(k_loop, [None, k_unroll])
             sch.unroll(k_step)
 
     # 4. Accumulate in registers; fold the unpadding, the C' reindex and the epilogue into the write-back.
-    acc_out = sch.cache_write(main, 0, "local")
+    acc_out = sch.cache_write(main, 0, "global" if isa.fma_by_lane else "local")  # see the rows cache below
     if not vector_on_j:  # keep the accumulator's vector side contiguous: [s, j, i]
         sch.transform_layout(main, ("write", 0), lambda s, i, j: (s, j, i))
     sch.reverse_compute_at(acc_out, row_tile, preserve_unit_loops=True)
