@@ -191,6 +191,8 @@ def test_depthwise_conv2d(channels, hw, stride):
     np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
     assert {e.rule for e in report.functions} == {"depthwise_conv2d"}
     _check_rule(mod, "depthwise_conv2d", parallel=channels * hw * hw >= 8192)
+    if stride > 1:
+        _assert_packed_vector_code(mod)
 
 
 @pytest.mark.parametrize(
@@ -202,7 +204,16 @@ def test_pool2d(pool, hw):
     out, report = _run(mod, x.numpy())
     np.testing.assert_allclose(out, pool(x).numpy(), rtol=1e-5, atol=1e-5)
     assert "pool2d" in {e.rule for e in report.functions}
-    _check_rule(mod, "pool2d")
+    strided = pool.stride not in (1, (1, 1))
+    _check_rule(mod, "pool2d", vector=not strided)
+    if strided:  # the column loop is left to LLVM's loop vectoriser (contiguous loads + shuffles)
+        _assert_packed_vector_code(mod)
+
+
+def _assert_packed_vector_code(mod: tvm.IRModule) -> None:
+    executable, _ = compile_cpu(mod, TARGET)
+    assembly = "\n".join(m.inspect_source("s") for m in executable.mod.imports)
+    assert re.search(r"\bv\w+ps\s.*%[yz]mm", assembly), "no packed 256/512-bit float instructions"
 
 
 # ---------------------------------------------------------------------------------------------- reductions

@@ -20,7 +20,9 @@ so attaching it cannot overwrite neighbouring rows (shared/PERF.md, "Traps").
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir
+from tvm.sym.pattern import detect_linear_equation
 from tvm.s_tir.schedule import SBlockRV, ScheduleError
 
 from ..isa import VectorISA
@@ -44,22 +46,32 @@ def schedule_window(sch: s_tir.Schedule, main: SBlockRV, isa: VectorISA) -> str 
         return "dynamic extents"
     n_loop, c_loop, y_loop, x_loop = spatial
     dtype = str(sch.get(main).writes[0].source.dtype)
-    width = vector_width(extents[3], isa.lanes(dtype))
-    if width is not None and width < extents[3]:
-        xo, xi = sch.split(x_loop, [None, width])
-    else:
-        xo, xi = None, x_loop
-    sch.reorder(*([xo] if xo is not None else []), *window, xi)
+    strided = _x_stride(sch, main) > 1
     window_size = 1
     for loop in window:
         window_size *= static_extent(sch, loop)
-    if window_size <= MAX_UNROLLED_WINDOW:
+    if strided and window_size <= MAX_UNROLLED_WINDOW:
+        # Strided windows: TVM would vectorise the column loop into a gather (one scalar load per lane);
+        # with the unrolled window inside a plain column loop, LLVM's loop vectoriser loads the input row
+        # contiguously and de-interleaves it with shuffles.
+        width = None
         for loop in window:
             sch.unroll(loop)
-    if width is not None:
-        sch.vectorize(xi)
+    else:
+        width = vector_width(extents[3], isa.lanes(dtype))
+        if width is not None and width < extents[3]:
+            xo, xi = sch.split(x_loop, [None, width])
+        else:
+            xo, xi = None, x_loop
+        sch.reorder(*([xo] if xo is not None else []), *window, xi)
+        if window_size <= MAX_UNROLLED_WINDOW:
+            for loop in window:
+                sch.unroll(loop)
+        if width is not None:
+            sch.vectorize(xi)
 
-    for producer in sch.get_producers(main):
+    producers = [p for p in sch.get_producers(main) if is_spatial(sch, p)]
+    for producer in producers:
         if is_spatial(sch, producer):
             sch.compute_at(producer, c_loop, preserve_unit_loops=True)
             blocks = _split_padding(sch, producer, c_loop)
@@ -78,6 +90,15 @@ def schedule_window(sch: s_tir.Schedule, main: SBlockRV, isa: VectorISA) -> str 
         sch.parallel(sch.fuse(n_loop, c_loop))
     sch.decompose_reduction(main, window[0])
     return None
+
+
+def _x_stride(sch: s_tir.Schedule, main: SBlockRV) -> int:
+    """The stride of the output column ``x`` in the input's column index (``x * s + rx``)."""
+    block = sch.get(main)
+    index = block.reads[0].region[-1].min
+    out_index = block.writes[0].region[-1].min
+    coef = detect_linear_equation(index, [out_index]) if isinstance(out_index, tvm.tirx.Var) else []
+    return int(coef[0]) if len(coef) == 2 and isinstance(coef[0], tvm.tirx.IntImm) else 1
 
 
 def _split_padding(sch: s_tir.Schedule, pad: SBlockRV, c_loop) -> list:
