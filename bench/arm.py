@@ -233,6 +233,48 @@ def count(env: Dict[str, Path], site: Path, folder: Path, runtime: str, artifact
     }
 
 
+def prepare_model(model: str, folder: Path, log) -> Dict:
+    """Inputs and torch's reference output of ``model`` in ``folder`` (``in{i}.npy``, ``ref.npy``), and
+    ``meta.json``'s content; ``{"failure": reason}`` when the prepare step failed."""
+    from bench.runner import _run_step, _worker_cmd, worker_env
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    log(f"[arm {model}] prepare")
+    failure = _run_step(_worker_cmd("prepare", model, folder, 1), worker_env(1, None, folder.parent),
+                        folder / "prepare.log", 1800)
+    if failure:
+        return {"failure": f"prepare: {failure}"}
+    meta = json.loads((folder / "meta.json").read_text())
+    with np.load(folder / "inputs.npz") as data:
+        arrays = [data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[-1]))]
+    with np.load(folder / "reference.npz") as data:
+        ref = data["a_0"]
+    for i, a in enumerate(arrays):
+        np.save(folder / f"in{i}.npy", a)
+    np.save(folder / "ref.npy", ref.astype(np.float64))
+    return {"meta": meta, "inputs": arrays, "reference": ref}
+
+
+def build_arm_libraries(model: str, folder: Path, kinds: Sequence[str], log) -> Dict[str, Dict]:
+    """aarch64 libraries of ``model`` for each of ``kinds`` ("aglmc", "tvm (plain)"), each built in a process
+    of its own: kind -> build.json (``artifact`` when ``ok``, else ``error``)."""
+    from bench.runner import _run_step, worker_env
+
+    built = {}
+    for kind in kinds:
+        log(f"[arm {model}] build {kind} for aarch64")
+        out = folder / f"arm-{safe_name(kind)}"
+        code = f"from bench.arm import _build_one; _build_one({kind!r}, {model!r}, __import__('pathlib').Path({str(out)!r}))"
+        failure = _run_step([sys.executable, "-c", code], worker_env(1, None, folder.parent),
+                            folder / f"build-{safe_name(kind)}.log", 3600)
+        info = _json(out / "build.json")
+        if not info.get("ok"):
+            info = {"ok": False, "error": info.get("error") or failure}
+        built[kind] = info
+    return built
+
+
 def run_arm(models: Sequence[str], work: Path, log=print) -> Dict:
     from bench.runner import _run_step, _worker_cmd, worker_env
 
@@ -243,46 +285,30 @@ def run_arm(models: Sequence[str], work: Path, log=print) -> Dict:
     for model in models:
         spec = MODELS[model]
         folder = work / model
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        wenv = worker_env(1, None, work)
 
         def fail(runtime: str, reason: str):
             rows.append({"model": model, "title": spec.title, "runtime": runtime, "status": "failed",
                          "reason": reason})
 
-        log(f"[arm {model}] prepare")
-        failure = _run_step(_worker_cmd("prepare", model, folder, 1), wenv, folder / "prepare.log", 1800)
-        if failure:
+        prepared = prepare_model(model, folder, log)
+        if "failure" in prepared:
             for rt in runtimes:
-                fail(rt, f"prepare: {failure}")
+                fail(rt, prepared["failure"])
             continue
-        meta = json.loads((folder / "meta.json").read_text())
-        with np.load(folder / "inputs.npz") as data:
-            arrays = [data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[-1]))]
-        with np.load(folder / "reference.npz") as data:
-            ref = data["a_0"]
-        for i, a in enumerate(arrays):
-            np.save(folder / f"in{i}.npy", a)
-        np.save(folder / "ref.npy", ref.astype(np.float64))
+        meta, arrays = prepared["meta"], prepared["inputs"]
         artifacts: Dict[str, Optional[str]] = {}
         # onnxruntime: the same export as the host benchmark
         log(f"[arm {model}] build onnxruntime (ONNX export)")
-        failure = _run_step(_worker_cmd("build", model, folder, 1, "onnxruntime"), wenv,
+        failure = _run_step(_worker_cmd("build", model, folder, 1, "onnxruntime"), worker_env(1, None, work),
                             folder / "onnxruntime" / "build.log", 1800)
         info = _json(folder / "onnxruntime" / "build.json")
         artifacts["onnxruntime"] = info.get("artifact") if info.get("ok") else None
         if not artifacts["onnxruntime"]:
             fail("onnxruntime", f"build: {info.get('error') or failure}")
-        for kind in ("aglmc", "tvm (plain)"):
-            log(f"[arm {model}] build {kind} for aarch64")
-            out = folder / f"arm-{safe_name(kind)}"
-            code = f"from bench.arm import _build_one; _build_one({kind!r}, {model!r}, __import__('pathlib').Path({str(out)!r}))"
-            failure = _run_step([sys.executable, "-c", code], wenv, folder / f"build-{safe_name(kind)}.log", 3600)
-            info = _json(out / "build.json")
+        for kind, info in build_arm_libraries(model, folder, ("aglmc", "tvm (plain)"), log).items():
             artifacts[kind] = info.get("artifact") if info.get("ok") else None
             if not artifacts[kind]:
-                fail(kind, f"build: {info.get('error') or failure}")
+                fail(kind, f"build: {info.get('error')}")
         for rt in runtimes:
             if not artifacts.get(rt):
                 continue

@@ -49,7 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"scratch folder for artifacts (default {default_work()})")
     p.add_argument("--arm", action="store_true",
                    help="aarch64 instruction counts under qemu (shared/tools/armcount) instead of host latency")
-    p.add_argument("--arm-models", help=f"with --arm: comma-separated (default {','.join(catalog.ARM_MODELS)})")
+    p.add_argument("--board", metavar="SPEC",
+                   help="latency of the aarch64 libraries on an ARM board over TVM's RPC: KEY@HOST:PORT of a "
+                        "tracker, or 'emulated' (a qemu board this run starts; its times are correctness-only)")
+    p.add_argument("--arm-models", help=f"with --arm or --board: comma-separated (default {','.join(catalog.ARM_MODELS)})")
     p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     p.add_argument("--setup-peers", action="store_true",
                    help="install the optional peers (LiteRT, ExecuTorch, ncnn/pnnx, MNN, IREE) and exit")
@@ -99,6 +102,17 @@ def main(argv=None) -> int:
         (out / "arm.json").write_text(json.dumps(data, indent=1))
         path = report.write_results(out)
         print(report.arm_section(data))
+        log(f"wrote {path}")
+        return 0
+
+    if args.board:
+        from bench import board
+
+        models = _names(args.arm_models or args.models, catalog.ARM_MODELS, catalog.MODELS)
+        data = board.run_board(models, work / "board", args.board, log=log)
+        (out / "board.json").write_text(json.dumps(data, indent=1))
+        path = report.write_results(out)
+        print(report.board_section(data))
         log(f"wrote {path}")
         return 0
 

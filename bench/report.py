@@ -188,10 +188,36 @@ def arm_section(data: Dict) -> str:
     return "\n".join(lines)
 
 
+def board_section(data: Dict) -> str:
+    emulated = data.get("emulated")
+    lines = [
+        "## ARM board over RPC" + (" — emulated: correctness only" if emulated else ""),
+        "",
+        f"Run {data['started']} on board {data['board']}: each aarch64 library run once and checked against torch, "
+        "then timed by the board (TVM's remote time evaluator, 1 thread per the build, RPC transfer not timed).",
+        "",
+    ]
+    if emulated:
+        lines += ["**The board is emulated (qemu-user): these times mean nothing about an ARM core**; qemu runs NEON "
+                  "through helper functions. Use `python -m bench --arm` (executed instructions) for speed.", ""]
+    lines += ["| workload | runtime | median ms | runs | max-abs error | artifact | status / notes |",
+              "|---|---|---:|---:|---:|---:|---|"]
+    for r in data["rows"]:
+        if r.get("status") not in ("ok", "wrong"):
+            lines.append(f"| {r['title']} | {r['runtime']} | FAILED | | | | {_cell_reason(r.get('reason', ''))} |")
+            continue
+        ms = f"{r['median_ms']:.3f}" + (" (emulated)" if r.get("correctness_only") else "")
+        lines.append(f"| {r['title']} | {r['runtime']} | {ms} | {r['runs']} | {r['max_abs_error']:.2g} | "
+                     f"{r['size'] / 1e3:.0f} kB | {_cell_reason(r.get('notes', ''))} |")
+    lines += ["", f"Board run took {data['seconds'] / 60:.1f} min. aglmc tree: {data.get('aglmc_tree', 'unknown')}.", ""]
+    return "\n".join(lines)
+
+
 def write_results(out: Path) -> Path:
     """results.md from whatever of host.json / arm.json is in ``out``."""
     parts = ["# aglmc benchmark results", "",
-             "Produced by `python -m bench` (host) and `python -m bench --arm` (ARM instruction counts). "
+             "Produced by `python -m bench` (host), `python -m bench --arm` (ARM instruction counts) and "
+             "`python -m bench --board` (latency on an ARM board over RPC). "
              "Numbers are measured, never estimated; a runtime that failed or was skipped stays in the table "
              "with its reason.", ""]
     host = out / "host.json"
@@ -200,6 +226,8 @@ def write_results(out: Path) -> Path:
         parts.append(host_section(json.loads(host.read_text())))
     if arm.is_file():
         parts.append(arm_section(json.loads(arm.read_text())))
+    if (out / "board.json").is_file():
+        parts.append(board_section(json.loads((out / "board.json").read_text())))
     path = out / "results.md"
     path.write_text("\n".join(parts))
     return path

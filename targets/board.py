@@ -454,6 +454,21 @@ def parse_board(spec: str) -> BoardSpec:
     raise TargetError(f"cannot read board '{spec}'; write KEY@HOST:PORT (a tracker), HOST:PORT (a server) or KEY")
 
 
+def is_emulated(board: Union[str, BoardSpec], cache_dir: Optional[Path] = None) -> bool:
+    """Whether ``board`` names an emulated board started from ``cache_dir`` (its key at its tracker's port, on
+    this machine): qemu's timings mean nothing about an ARM core."""
+    spec = parse_board(board) if isinstance(board, str) else board
+    if spec.key is None or spec.host not in (LOOPBACK, "localhost"):
+        return False
+    for record in ((cache_dir or default_cache_dir()) / "boards").glob(f"{spec.key}.*.json"):
+        try:
+            if json.loads(record.read_text()).get("tracker_port") == spec.port:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def connect(board: Union[str, BoardSpec], timeout: float = 60.0, session_timeout: float = 600.0):
     """An RPC session with the board, or a TargetError within about ``timeout`` seconds.
 
@@ -577,7 +592,8 @@ class BoardRunner:
         import tvm
 
         self._device = self._session.cpu()
-        self._main = tvm.relax.VirtualMachine(lib, self._device)[function]
+        self._vm = tvm.relax.VirtualMachine(lib, self._device)
+        self._main = self._vm[function]
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
         import tvm
@@ -593,13 +609,28 @@ class BoardRunner:
 
         return _bounded(work, self.timeout, self._name, step)
 
+    def time(self, inputs: Sequence[np.ndarray], *, seconds: float = 1.0, repeat: int = 3) -> List[float]:
+        """Seconds per call of the function on the board, ``repeat`` times, timed by the board itself (TVM's
+        remote time evaluator: about ``seconds`` of calls per repeat, RPC transfer not included)."""
+        import tvm
+
+        step = ["timing"]
+
+        def work():
+            args = [tvm.runtime.tensor(np.ascontiguousarray(x), self._device) for x in inputs]
+            evaluator = self._vm.time_evaluator(self.function, self._device, number=1, repeat=repeat,
+                                                min_repeat_ms=int(seconds * 1000 / repeat))
+            return list(evaluator(*args).results)
+
+        return _bounded(work, self.timeout, self._name, step)
+
     def board_id(self) -> str:
         """The serving board's work folder: different for every board, so it tells the boards of a farm apart."""
         return str(self._session.get_function("tvm.rpc.server.workpath")(""))
 
     def close(self) -> None:
         self._session = None
-        self._main = None
+        self._vm = self._main = None
 
     def __enter__(self) -> "BoardRunner":
         return self

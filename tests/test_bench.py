@@ -145,3 +145,20 @@ def test_report_keeps_failed_and_skipped_rows():
     assert "| model m | 2.00 (1.00×) | FAILED | skipped |" in text
     assert "| x | FAILED |" in text and "TVMError: boom \\| bad" in text
     assert "| y | skipped |" in text and "pip install y" in text
+
+
+def test_board_runner_checks_and_times_on_the_emulated_board_and_labels_it(tmp_path, emulated_board):
+    """``python -m bench --board``: aglmc's and plain TVM's aarch64 libraries run on a board over RPC; on an
+    emulated board every time is labelled correctness-only, in the rows and in the table."""
+    from bench import board, report
+
+    data = board.run_board(["digits"], tmp_path / "work", emulated_board.spec, log=lambda m: None, seconds=0.2)
+    assert data["emulated"] is True
+    rows = {r["runtime"]: r for r in data["rows"]}
+    assert set(rows) == {"aglmc", "tvm (plain)"}
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert row["max_abs_error"] < 1e-4 and row["median_ms"] > 0 and row["correctness_only"]
+        assert "correctness only" in row["notes"]
+    table = report.board_section(data)
+    assert "emulated: correctness only" in table and "(emulated)" in table
