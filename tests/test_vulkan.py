@@ -14,6 +14,8 @@ import zipfile
 
 import numpy as np
 import pytest
+import tvm
+from tvm import te
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("wgpu")
@@ -430,3 +432,116 @@ def test_artifact_is_plain_data(tmp_path):
         plan = json.loads(z.read("plan.json"))
         assert all(n == "plan.json" or n.startswith(("shaders/", "constants/")) for n in z.namelist())
     assert plan["format"] == "aglmc-vulkan-plan" and plan["tvm"].startswith("0.27")
+
+
+# ------------------------------------------------------------------------------- quantized weights (issue 8)
+class QuantBlock(torch.nn.Module):
+    """conv, strided depthwise conv, linear: every weight kind PackWeights packs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, stride=2, groups=8)
+        self.fc = torch.nn.Linear(8 * 4 * 4, 64)
+        self.out = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.dw(torch.relu(self.conv(x)))).flatten(1)
+        return self.out(torch.nn.functional.silu(self.fc(y)))
+
+
+def _quantized(pass_name, **params):
+    """QuantBlock through one of aglmc's quantization passes, imported to Relax as every target receives it."""
+    from aglmc.compiler.data import Dataset
+    from aglmc.passes.base import PassContext, get_pass
+    from aglmc.passes.select import make_selector
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    gm = torch.export.export(QuantBlock().eval(), (x,)).module()
+    data = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    ctx = PassContext(selects=make_selector("fx"), datasets={"calib": Dataset("calib", {"x": data}, None)},
+                      example_inputs={"x": x.numpy()})
+    get_pass(pass_name)(**params).run("fx", gm, ctx)
+    return relax_from_torch(gm, (x,))
+
+
+QUANTIZED = {
+    "int4_groups": ("quantize_weights", {"bits": 4, "group_size": 32}, "int4 groups of 32"),
+    "int8_channels": ("quantize_weights", {"bits": 8}, "int8 per channel"),
+    "static_int8": ("quantize_static", {"data": "calib", "samples": 16}, "int8 activations x int8 per channel"),
+}
+
+
+@needs_vulkan
+@pytest.mark.parametrize("case", sorted(QUANTIZED))
+def test_quantized_weights_run_packed_and_match_the_host(tmp_path, case):
+    """Weight-only int4 / int8 and static int8: the vulkan artifact stores the weights as u32 words (no float copy)
+    and its outputs are the host library's (static int8: the same int32 sums, so equal to float rounding)."""
+    from aglmc.targets.run import HostRunner
+
+    pass_name, params, scheme = QUANTIZED[case]
+    mod = _quantized(pass_name, **params)
+    path = tmp_path / f"{case}.wgpu"
+    get_target("vulkan").build(mod, {}, path)
+    get_target("host").build(mod, {"threads": 1}, tmp_path / "host.so")
+    plan = Artifact.load(path).plan
+    weights = plan["weights"]
+    assert weights["left_as_float"] == [] and all(scheme in p for p in weights["packed"] if "matmul" in p)
+    linears = 2 if case != "static_int8" else 2 + 2  # weight-only selects linears; static also the convs
+    assert len(weights["packed"]) == linears
+    shapes = {(tuple(c["shape"]), c["dtype"]) for c in plan["constants"]}
+    assert ((64, 128), "float32") not in shapes and ((10, 64), "float32") not in shapes  # no float copy
+    per_word = 8 if case == "int4_groups" else 4
+    assert ((64, 128 // per_word), "uint32") in shapes and ((10, 64 // per_word), "uint32") in shapes
+    vulkan, host = VulkanTarget.runner(path), HostRunner(tmp_path / "host.so")
+    for x in np.random.default_rng(1).standard_normal((3, 1, 3, 8, 8)).astype(np.float32):
+        (want,), (got,) = host.run([x]), vulkan.run([x])
+        err = float(np.abs(got - want).max())
+        print(f"{case}: max abs error vs host {err:.2e}")
+        assert err <= 1e-5 * max(1.0, float(np.abs(want).max()))
+
+
+@needs_vulkan
+@pytest.mark.skipif(not HAS_F16, reason="the Vulkan adapter has no shader-f16")
+def test_quantized_weights_with_fp16(tmp_path):
+    """fp16 = true: activations in half precision, the packed int4 kernels keep float32 arithmetic."""
+    mod = _quantized("quantize_weights", bits=4, group_size=32)
+    path = tmp_path / "int4_f16.wgpu"
+    get_target("vulkan").build(mod, {"fp16": True}, path)
+    assert len(Artifact.load(path).plan["weights"]["packed"]) == 2
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    (got,) = VulkanTarget.runner(path).run([x])
+    vm = tvm.relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    want = vm["main"](tvm.runtime.tensor(x))[0].numpy()
+    assert np.abs(got - want).max() <= 2.0 ** -8 * max(1.0, float(np.abs(want).max()))
+
+
+class Scale(torch.nn.Module):
+    def forward(self, x):
+        return x * float(np.nextafter(np.float32(255.0), np.float32(256.0)))  # TVM prints it as 2.550000e+02f
+
+
+@needs_vulkan
+def test_float_constants_reach_the_kernels_exactly(tmp_path):
+    x = np.random.default_rng(0).random((1, 256)).astype(np.float32)
+    path, _ = _build(tmp_path, Scale(), (torch.from_numpy(x),), "scale")
+    _, (y,) = _run(path, [x])
+    assert np.array_equal(y, x * np.nextafter(np.float32(255.0), np.float32(256.0)))
+
+
+def test_per_token_dynamic_quantization_is_a_clear_error(tmp_path):
+    """Its quantize computes in float64 (to round as PyTorch): refused by kernel name before TVM's code generator,
+    whether the float64 values stay inside a fused kernel or are stored between two."""
+    mod = _quantized("quantize_dynamic", granularity="per_token", data="calib", samples=4)
+    with pytest.raises(TargetError) as err:
+        get_target("vulkan").build(mod, {}, tmp_path / "dyn.wgpu")
+    assert err.value.message.startswith("the vulkan target cannot run '") and "float64" in err.value.message
+    assert "granularity = per_token" in err.value.hint
+
+    from aglmc.targets.vulkan.lower import check_arithmetic
+
+    a = te.placeholder((4,), "float32", name="a")
+    wide = te.compute((4,), lambda i: (a[i].astype("float64") * 3.0).astype("float32"), name="wide")
+    with pytest.raises(TargetError, match=r"cannot run 'k': it computes in float64 \(T.Cast\(\"float64\", a\[v_i\]\)"):
+        check_arithmetic({"k": te.create_prim_func([a, wide])})

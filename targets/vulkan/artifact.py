@@ -20,6 +20,7 @@ Layout of the zip (``vulkan.wgpu``)::
     steps       [{kernel, call, grid: [x, y, z], buffers: [tensor], pods: [expr]}]
     outputs     [{tensor, dtype, host_dtype}]
     requires    {features, limits}                     what the adapter must offer
+    weights     {packed, left_as_float, packed_bytes, float32_bytes}   quantized models only: PackWeights' report
 
 Expressions (sizes, shapes, grids, scalar arguments) are JSON: an int, a float, a shape-variable name, or a list
 ``[op, arg, ...]`` with ``op`` one of :data:`OPS`; :func:`evaluate` computes them for bound shape variables.

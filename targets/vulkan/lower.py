@@ -30,6 +30,9 @@ CAPTURE_BEFORE = "tirx.MakePackedAPI"
 # Element types WGSL can keep in a storage buffer (TVM emits array<i8>/array<bool> for the others, which
 # does not validate; WGSL has no 64-bit integers and wgpu no f64 storage).
 STORABLE = {"float32", "float16", "int32", "uint32"}
+FLOAT64_HINT = ("WGSL has no f64: cast the model to float32. Per-token dynamic quantization (quantize_dynamic, "
+                "granularity = per_token) computes its quantize in float64 to round as PyTorch does; per-tensor "
+                "granularity computes in float32, or build this schedule for host/arm only")
 
 
 def relax_pipeline(target: tvm.target.Target) -> List[tvm.transform.Pass]:
@@ -93,13 +96,32 @@ def check_storable(prims: Dict[str, tvm.tirx.PrimFunc]) -> None:
                 if dtype not in STORABLE:
                     hint = {"int64": "NarrowInt64 narrows int64 tensors between ops; this one is made inside a "
                                       "fused kernel",
-                            "float64": "WGSL has no f64 storage; cast the model to float32"}
-                    widened = ("WidenBool stores bool/8/16-bit tensors as int32 where fusion allows; this one "
-                               "stayed (an op that is neither fused nor in RunOnInt32's list); packed int8/int4 "
-                               "storage is not implemented yet")
+                            "float64": FLOAT64_HINT}
+                    widened = ("WidenBool stores bool/8/16-bit tensors as int32 where fusion allows, and "
+                               "PackWeights packs int8/int4 weight constants into u32 words where a conv2d or "
+                               "matmul dequantizes them; this one stayed (an op that is neither fused nor in "
+                               "RunOnInt32's list, or a constant read by another op)")
                     raise TargetError(f"the vulkan target cannot run '{name}': its tensor '{p.name}' is {dtype}, "
                                       f"which WGSL cannot keep in a storage buffer",
                                       hint=hint.get(dtype, widened))
+
+
+def check_arithmetic(prims: Dict[str, tvm.tirx.PrimFunc]) -> None:
+    """A TargetError naming the first PrimFunc that computes in float64 inside its kernel (WGSL has no f64;
+    TVM's code generator would stop with "only support f16 or f32" and no name)."""
+    import tvm_ffi
+
+    for name, func in prims.items():
+        found = []
+
+        def visit(e, found=found):
+            if not found and str(getattr(e, "ty", "")) == "float64":
+                found.append(e)
+
+        tvm_ffi.structural_walk(func.body, [(tvm.ir.expr.Expr, visit)])
+        if found:
+            raise TargetError(f"the vulkan target cannot run '{name}': it computes in float64 ({found[0]}), which "
+                              f"WGSL does not have", hint=FLOAT64_HINT)
 
 
 @tvm.instrument.pass_instrument

@@ -6,12 +6,15 @@ wgpu on its Vulkan backend (shared/VULKAN.md). The artifact is one zip, ``vulkan
 
 Build steps, in order (each named so a failure says where it happened)::
 
-    prepare      DecomposeOpsForInference, NarrowInt64, RunOnInt32, ToMixedPrecision(float16) if fp16
+    prepare      PackWeights, DecomposeOpsForInference, NarrowInt64, RunOnInt32, ToMixedPrecision(float16) if fp16
     lower        gpu_generic: legalize, fuse, dlight GPU schedules, memory planning (see lower.py)
-    check        every kernel's tensors are storable in WGSL (no int8/bool/int64 storage)
-    codegen      tvm.tirx.build for webgpu -> WGSL, capturing the module before MakePackedAPI
+    check        every kernel's tensors are storable in WGSL (no int8/bool/int64 storage), none computes in f64
+    codegen      ExactFloatLiterals, tvm.tirx.build for webgpu -> WGSL, capturing the module before MakePackedAPI
     plan         kernel order, grids, bindings, scalar arguments, storages and their lifetimes (plan.py)
     package      plan.json + shaders/*.wgsl + constants/*.npy in one zip (artifact.py)
+
+PackWeights (pack_weights.py) keeps a quantized model's int8 / int4 weights as packed u32 words that the GPU
+kernels unpack as they multiply; the plan's ``weights`` entry lists what it packed and what stayed float.
 
 A schedule asks for it with ``target vulkan { fp16 = false }``.
 """
@@ -31,8 +34,11 @@ from aglmc.errors import TargetError
 from aglmc.targets.base import BuildInfo, Target, register_target
 from aglmc.targets.compile import error_summary
 from aglmc.targets.vulkan.artifact import DTYPE_BYTES, write_artifact
-from aglmc.targets.vulkan.lower import build_kernels, called_prim_funcs, check_storable, run_relax_pipeline
+from aglmc.targets.vulkan.exact_floats import exact_float_literals
+from aglmc.targets.vulkan.lower import (build_kernels, called_prim_funcs, check_arithmetic, check_storable,
+                                        run_relax_pipeline)
 from aglmc.targets.vulkan.narrow_int64 import narrow_int64_module
+from aglmc.targets.vulkan.pack_weights import PackReport, pack_weights
 from aglmc.targets.vulkan.plan import PlanBuilder
 from aglmc.targets.vulkan.widen_bool import run_on_int32
 
@@ -69,14 +75,19 @@ class VulkanTarget(Target):
         target = cls.tvm_target(s)
         start = time.perf_counter()
         host_in, host_out = _io_dtypes(mod["main"])
-        mod = _step("prepare", prepare, mod, s)
+        packed = PackReport()
+        mod = _step("prepare", prepare, mod, s, packed)
         lowered = run_relax_pipeline(mod, target)
         prims = called_prim_funcs(lowered)
         check_storable(prims)
+        check_arithmetic(prims)
+        prims = {name: exact_float_literals(f) for name, f in prims.items()}  # TVM prints 7 digits of a float32
         kernels = build_kernels(prims, target)
         plan, shaders, constants = PlanBuilder(lowered, kernels).build()
         compiled = time.perf_counter()
         _annotate(plan, host_in, host_out, target, s)
+        if packed.packed or packed.left:
+            plan["weights"] = packed.to_json()
         write_artifact(out_path, plan, shaders, constants)
         return BuildInfo(kind=cls.kind, path=Path(out_path), target=str(target), settings=s,
                          seconds=time.perf_counter() - start, compile_seconds=compiled - start,
@@ -90,8 +101,10 @@ class VulkanTarget(Target):
         return VulkanRunner(path, adapter=adapter)
 
 
-def prepare(mod: tvm.IRModule, settings: Mapping[str, Any]) -> tvm.IRModule:
-    """The Relax passes the vulkan target needs before TVM's GPU pipeline."""
+def prepare(mod: tvm.IRModule, settings: Mapping[str, Any], packed: Optional[PackReport] = None) -> tvm.IRModule:
+    """The Relax passes the vulkan target needs before TVM's GPU pipeline (``packed`` receives PackWeights'
+    report)."""
+    mod = pack_weights(mod, packed)  # first: it reads the frontend's Q/DQ form, before anything folds it
     mod = relax.transform.DecomposeOpsForInference()(mod)
     mod = narrow_int64_module(mod)  # called directly so its TargetError reaches the user as one
     mod = run_on_int32(mod)
