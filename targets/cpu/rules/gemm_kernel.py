@@ -298,6 +298,13 @@ def schedule_gemm(sch: s_tir.Schedule, match: GemmMatch, isa: VectorISA) -> str 
         sch.annotate(stream, PREPROC, True)
         if isa.parallel:
             sch.parallel(sch.fuse(outer, row_tile))
+    elif isa.parallel and static_extent(sch, outer) < 2 * isa.num_cores:
+        # Fewer panels than twice the cores (a 7x7 feature map is one panel): the panels are packed first, by
+        # a nest of their own, and the cores share the panels' row tiles. Packed per panel inside the
+        # parallel panel loop, one core would do the whole layer.
+        v_copy, k_copy = sch.get_loops(stream)[-2:]
+        sch.reorder(k_copy, v_copy)  # scheduled with the other root nests below
+        sch.parallel(sch.fuse(outer, row_tile))
     else:
         sch.compute_at(stream, outer, preserve_unit_loops=True)
         v_copy, k_copy = sch.get_loops(stream)[-2:]
