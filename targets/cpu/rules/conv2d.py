@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir
 
 from ..isa import VectorISA
@@ -35,4 +36,8 @@ class Conv2d(CpuRule):
         match = match_gemm(sch, main)
         if isinstance(match, str):
             return match
-        return schedule_gemm(sch, match, isa)
+        block = sch.get(main)
+        weight, width = block.reads[1].source.shape, block.writes[0].source.shape[-1]  # OIHW; NCHW's W
+        window = weight[2] * weight[3] if len(weight) == 4 else 1
+        windowed = isinstance(window, tvm.tirx.IntImm) and window.value > 1 and isinstance(width, tvm.tirx.IntImm)
+        return schedule_gemm(sch, match, isa, row_width=int(width) if windowed else None)
