@@ -5,7 +5,8 @@
 untuned build should use instead. Its steps, top to bottom:
 
 1. library dispatch      ``cpu_generic.library_dispatch_passes`` (sampling, sort/scan)
-2. legalize and fuse     decompose inference ops, fold constant calls with numpy (``fold_numpy``: what
+2. legalize and fuse     decompose inference ops, softmax/exp/erf/tanh/GELU as vectorisable polynomials
+                         (``fast_math``: LLVM has no vector expf/erff), fold constant calls with numpy (``fold_numpy``: what
                          FoldConstant would compile with LLVM one call at a time), aglmc's pattern fusion
                          (``relax_fusion``: pads into convs, flattens into dense), LegalizeOps, FoldConstant,
                          FuseOps, FuseTIR
@@ -30,9 +31,8 @@ from aglmc.errors import TargetError
 
 from aglmc.targets.relax_fusion import FusePatterns
 
-from aglmc.targets.quant.int8_rule import Int8Matmul, WeightOnlyMatmul  # issue 6 (INT8)
-from aglmc.targets.quant.lower_qdq import lower_qdq_pass  # issue 6 (INT8)
 
+from .fast_math import fast_math
 from .fold_numpy import fold_constants_numpy
 from .isa import vector_isa
 from .report import ScheduleReport, annotate_macs, call_counts
@@ -43,6 +43,10 @@ def pipeline_steps(
     target: tvm.target.Target, *, database: ms.Database | None = None, rules: list[CpuRule] | None = None
 ) -> list[tuple[str, tvm.transform.Pass]]:
     """The named steps of :func:`cpu_pipeline`, each one ``Sequential`` pass carrying that name."""
+    # imported here: the int8 rules build on this package's rules (a module-level import is a cycle)
+    from aglmc.targets.quant.int8_rule import Int8Matmul, WeightOnlyMatmul
+    from aglmc.targets.quant.lower_qdq import lower_qdq_pass
+
     vector_isa(target)  # raises TargetError for a non-CPU target
     rules = [Int8Matmul(), WeightOnlyMatmul(), *default_rules()] if rules is None else rules  # issue 6: int kernels
     steps = [
@@ -52,7 +56,7 @@ def pipeline_steps(
         (
             "legalize and fuse",
             [relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-             relax.transform.CanonicalizeBindings(), fold_constants_numpy, FusePatterns()]
+             relax.transform.CanonicalizeBindings(), fast_math, fold_constants_numpy, FusePatterns()]
             + cpu_generic.legalize_passes(target),
         ),
         ("count MACs", [annotate_macs]),

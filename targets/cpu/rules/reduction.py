@@ -5,6 +5,7 @@ from __future__ import annotations
 from math import prod
 
 from tvm import s_tir
+from tvm.s_tir.schedule import ScheduleError
 
 from ..isa import VectorISA
 from .base import CpuRule, is_reduction, is_spatial, root_blocks, static_extent
@@ -35,6 +36,8 @@ class Reduction(CpuRule):
         rows = _row_loops(sch, blocks)
         if isinstance(rows, str):
             return rows
+        partials = [p for p in (_vector_partials(sch, b, isa) for b in blocks if is_reduction(sch, b)) if p]
+        blocks = root_blocks(sch)
         last = blocks[-1]
         row_loops = sch.get_loops(last)[:rows]
         row = sch.fuse(*row_loops) if rows > 1 else row_loops[0]
@@ -44,8 +47,30 @@ class Reduction(CpuRule):
         for block in sch.get_child_blocks(row):
             if is_spatial(sch, block):
                 vectorize_inner(sch, block, inner)
+        for partial in partials:  # its loops under the row: (lane, k / lanes) -> (k / lanes, lane)
+            lane, step = [loop for loop in sch.get_loops(partial)[1:] if static_extent(sch, loop) != 1]
+            sch.reorder(step, lane)
+            sch.vectorize(lane)
         if isa.parallel:
             sch.parallel(row)
+        return None
+
+
+def _vector_partials(sch: s_tir.Schedule, block, isa: VectorISA):
+    """Turn a row reduction over a multiple of the vector width into ``lanes`` partial results (rfactor: a
+    vector accumulated with vector adds or maxes along the row) and a reduction of those lanes; return the
+    partial block, or None where it does not apply. The scalar loop waits on the previous add at every
+    element. Done before the blocks are computed at the row: rfactor puts its block at the root."""
+    loops = sch.get_loops(block)
+    extent = static_extent(sch, loops[-1]) if loops else None
+    lanes = isa.lanes(str(sch.get(block).writes[0].source.dtype))
+    if extent is None or extent % lanes or extent < 2 * lanes:
+        return None
+    _, lane = sch.split(loops[-1], [None, lanes])
+    try:
+        return sch.rfactor(lane, 0)
+    except ScheduleError:
+        sch.fuse(*sch.get_loops(block)[-2:])
         return None
 
 
