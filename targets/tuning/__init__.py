@@ -5,6 +5,7 @@
 >>> print(report)                                                        # per kernel: trials, rules vs tuned
 >>> database = database_for_build(tvm_target, settings)                  # what a build applies
 
+- :mod:`.backend`   what the loop needs from a target (tasks, defaults, builder, runner); the CPU one
 - :mod:`.settings`  the ``tune_*`` settings of a target block, and where each target's database lives
 - :mod:`.tasks`     the kernels to tune, taken from aglmc's own CPU pipeline, and the trial budget per kernel
 - :mod:`.database`  the database folder: tolerant reads, append-only writes under a lock, snapshots for builds
@@ -17,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from .backend import CpuBackend, TuningBackend
 from .database import TuningDatabase
 from .measure import MeasureConfig, RunnerSpec, SearchConfig
 from .settings import (TUNE_PARAMS, TuneSettings, cache_root, database_folder, is_tunable, target_key,
@@ -34,6 +36,7 @@ def database_for_build(tvm_target, settings: Mapping[str, Any], base_dir: Option
 
 
 __all__ = [
+    "CpuBackend",
     "MeasureConfig",
     "RunnerSpec",
     "SearchConfig",
@@ -41,6 +44,7 @@ __all__ = [
     "Task",
     "TaskResult",
     "TuneSettings",
+    "TuningBackend",
     "TuningDatabase",
     "TuningReport",
     "cache_root",

@@ -114,7 +114,9 @@ class TuningDatabase:
             scan.record_lines.append(line)
         scan.dropped += _line_count(self.folder / RECORDS) - len(scan.record_lines)
         for note in self.notes():  # a kernel's default is timed before its first trial commits its workload
-            key = str(note.get("workload"))
+            if "workload" not in note:  # a model's note ({"model", "done"}): about no one workload
+                continue
+            key = str(note["workload"])
             stats = scan.workloads.setdefault(key, WorkloadStats(index=-1))
             if "default_seconds" in note:
                 stats.default_seconds = float(note["default_seconds"])

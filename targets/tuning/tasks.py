@@ -1,4 +1,5 @@
-"""Tuning tasks: the fused kernels of aglmc's CPU pipeline, exactly as its "apply database" step looks them up.
+"""Tuning tasks: the fused kernels of aglmc's CPU pipeline, exactly as its "apply database" step looks them up
+(other targets cut their own pipeline before its schedules and call :func:`tasks_of`, e.g. the vulkan target).
 
 MetaSchedule's own task extraction (``relax_integration.extract_tasks``) runs TVM's default legalization; aglmc's
 pipeline adds its own steps (``count MACs``, ``mark constants``) whose function attributes are part of the
@@ -56,15 +57,18 @@ def fused_module(relax_mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.
 
 def extract_tasks(relax_mod: tvm.IRModule, tvm_target: tvm.target.Target) -> List[Task]:
     """The tuning tasks of a Relax module for ``tvm_target``, heaviest first (by MACs over all calls, then name)."""
+    return tasks_of(fused_module(relax_mod, tvm_target))
+
+
+def tasks_of(fused: tvm.IRModule) -> List[Task]:
+    """The tasks of a module whose PrimFuncs are fused and not yet scheduled (any target's pipeline cut before
+    its schedules), heaviest first. MACs come from aglmc's count-MACs annotation, else are estimated here."""
     import tvm_ffi
     from tvm import tirx
     from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
-    from aglmc.targets.cpu.report import MACS_ATTR
+    from aglmc.targets.cpu.report import MACS_ATTR, call_counts, estimate_macs
 
-    from aglmc.targets.cpu.report import call_counts
-
-    fused = fused_module(relax_mod, tvm_target)
     calls = call_counts(fused)
     by_hash: Dict[str, Task] = {}
     for gvar, func in sorted(fused.functions_items(), key=lambda kv: kv[0].name_hint):
@@ -74,7 +78,11 @@ def extract_tasks(relax_mod: tvm.IRModule, tvm_target: tvm.target.Target) -> Lis
             continue  # a library kernel or one scheduled before the pipeline: nothing to tune
         workload = _normalize_mod(func)
         shash = str(tvm_ffi.structural_hash(workload))
-        macs = int(func.attrs[MACS_ATTR]) if func.attrs is not None and MACS_ATTR in func.attrs else -1
+        if func.attrs is not None and MACS_ATTR in func.attrs:
+            macs = int(func.attrs[MACS_ATTR])
+        else:
+            macs = estimate_macs(func)
+            macs = -1 if macs is None else macs
         n = max(1, calls.get(gvar.name_hint, 0))
         seen = by_hash.get(shash)
         if seen is not None:

@@ -5,7 +5,7 @@ trial budget (:func:`~aglmc.targets.tuning.tasks.split_budget`) and the trials a
 count against it, so a killed run resumes where its records end and a finished one costs nothing to repeat.
 The loop, top to bottom:
 
-1. extract tasks        the fused kernels of aglmc's CPU pipeline (``tasks.extract_tasks``), heaviest N
+1. extract tasks        the fused kernels of the target's pipeline (``backend.extract_tasks``), heaviest N
 2. read the database    trials recorded per task, default latencies, exhausted searches
 3. measure defaults     aglmc's rule schedule of each task, once, with the same runner (the report's baseline)
 4. tune in rounds       one batch per unfinished task per round, heaviest first; every measured candidate is
@@ -31,39 +31,17 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from aglmc.errors import TargetError
 
+from .backend import UNROLL_MAX_STEPS, CpuBackend, TuningBackend, design_space  # noqa: F401 - re-exported
 from .database import FAILED_SECONDS, TuningDatabase, WorkloadStats
-from .measure import (CandidateBuilder, MeasureConfig, RunnerSpec, SearchConfig, load_cpu_intrinsics, make_runner,
-                      remove_artifact)
+from .measure import MeasureConfig, RunnerSpec, SearchConfig, remove_artifact
 from .settings import TuneSettings, database_folder
-from .tasks import Task, default_kernels, extract_tasks, select_tasks, split_budget
+from .tasks import Task, select_tasks, split_budget
 
 #: with ``tune_seconds`` and no ``tune_trials``, the trial budget: this many per kernel (the time stops it first)
 TRIALS_PER_KERNEL_FOR_TIME_BUDGET = 64
 
 #: a task whose search proposes only candidates measured before, this many batches in a row, is exhausted
 EMPTY_BATCHES_BEFORE_EXHAUSTED = 3
-
-#: explicit unroll depths the CPU search may pick (MetaSchedule's LLVM default adds 512: one depthwise kernel of
-#: MobileNetV2 tuned with it took LLVM 30 s to compile, and made a warm rebuild 24 s instead of 5 s)
-UNROLL_MAX_STEPS = (0, 16, 64)
-
-
-def design_space(target):
-    """The search space of a task: MetaSchedule's post-order-apply with its LLVM rules, except that explicit
-    unrolling stops at :data:`UNROLL_MAX_STEPS` (compile time stays bounded); other targets: the default."""
-    from tvm.s_tir import meta_schedule as ms
-
-    if target.kind.name != "llvm":
-        return "post-order-apply"
-    rules = []
-    for rule in ms.ScheduleRule.create("llvm"):
-        if isinstance(rule, ms.schedule_rule.ParallelizeVectorizeUnroll):
-            rule = ms.schedule_rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
-                                                               unroll_max_steps=list(UNROLL_MAX_STEPS),
-                                                               unroll_explicit=True)
-        rules.append(rule)
-    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs="llvm", mutator_probs="llvm")
-
 
 @dataclass(frozen=True)
 class TaskResult:
@@ -136,15 +114,17 @@ class TuningReport:
         return "\n".join(lines)
 
 
-def tune_kernels(relax_mod, tvm_target, settings: Mapping[str, Any], linker, runner: RunnerSpec, *,
+def tune_kernels(relax_mod, tvm_target, settings: Mapping[str, Any], linker, runner: Optional[RunnerSpec], *,
                  kind: str, trials: Optional[int] = None, base_dir: Optional[Path] = None,
                  report_defaults: bool = False, log: Callable[[str], None] = print,
-                 search: SearchConfig = SearchConfig(), measure: MeasureConfig = MeasureConfig()) -> TuningReport:
+                 search: SearchConfig = SearchConfig(), measure: MeasureConfig = MeasureConfig(),
+                 backend: Optional[TuningBackend] = None) -> TuningReport:
     """Tune the kernels of ``relax_mod`` for ``tvm_target`` into the target's database; returns the report.
 
     ``settings`` are the target block's resolved settings (their ``tune_*`` keys, see
     :mod:`~aglmc.targets.tuning.settings`); ``trials`` overrides ``tune_trials``. ``linker`` links candidates,
-    ``runner`` says where they run. The rule schedule of each task about to be tuned is timed once (kept in the
+    ``runner`` says where they run (LLVM CPU targets; another target passes its ``backend`` instead, see
+    :mod:`.backend`). The rule schedule of each task about to be tuned is timed once (kept in the
     database: the report's baseline, and what a build compares records against); ``report_defaults`` times it
     for every selected task, even with nothing left to tune. A budget already met in the database means no
     MetaSchedule work and no measurement at all.
@@ -153,6 +133,7 @@ def tune_kernels(relax_mod, tvm_target, settings: Mapping[str, Any], linker, run
     key); trials measured before that stay in the database.
     """
     start = time.monotonic()
+    backend = backend if backend is not None else CpuBackend(linker, runner)
     tune = TuneSettings.from_settings(settings)
     if trials is not None:  # an explicit trial budget; 0 also turns a time budget off
         tune = dataclasses.replace(tune, trials=int(trials), seconds=tune.seconds if trials > 0 else 0.0)
@@ -161,11 +142,11 @@ def tune_kernels(relax_mod, tvm_target, settings: Mapping[str, Any], linker, run
         return TuningReport(kind, db.folder, (), 0, time.monotonic() - start, "no budget")
     # A model tuned to this budget before is recognised without extracting its tasks (legalize and fuse take
     # ~10 s on MobileNetV2): the warm rebuild's tuning step costs a hash of the Relax module.
-    key = model_key(relax_mod, tvm_target, tune)
+    key = model_key(relax_mod, tvm_target, tune, backend)
     if not report_defaults and key in db.completed_models():
         log(f"tune {kind}: nothing to tune: this model's {tune.trials} trials are in {db.folder}")
         return TuningReport(kind, db.folder, (), 0, time.monotonic() - start, "nothing to tune")
-    tasks = select_tasks(extract_tasks(relax_mod, tvm_target), tune.tasks)
+    tasks = select_tasks(backend.extract_tasks(relax_mod, tvm_target), tune.tasks)
     if tune.trials <= 0 and tune.seconds > 0:  # a time budget alone: trials enough to fill it
         tune = dataclasses.replace(tune, trials=TRIALS_PER_KERNEL_FOR_TIME_BUDGET * len(tasks))
     scan = db.scan()
@@ -179,7 +160,7 @@ def tune_kernels(relax_mod, tvm_target, settings: Mapping[str, Any], linker, run
         return _report(kind, db, tasks, budgets, {}, 0, time.monotonic() - start,
                        "nothing to tune" if tune.trials > 0 else "no budget")
 
-    session = _Session(kind, tvm_target, tune, db, linker, runner, search, measure, log, start)
+    session = _Session(kind, tvm_target, tune, db, backend, search, measure, log, start)
     with db.writer(str(tvm_target), log) as ms_db, _stop_on_ctrl_c(session):
         try:
             session.open(ms_db)
@@ -239,7 +220,7 @@ def _stop_on_ctrl_c(session: "_Session"):
         signal.signal(signal.SIGINT, previous)
 
 
-def model_key(relax_mod, tvm_target, tune: TuneSettings) -> str:
+def model_key(relax_mod, tvm_target, tune: TuneSettings, backend: Optional[TuningBackend] = None) -> str:
     """What a finished tuning run is remembered by: the Relax module (structurally: ops, shapes, weights), the
     pipeline that cuts it into kernels (TVM's version, aglmc's step names), the trial budget and task choice
     (the database folder is already the target's)."""
@@ -248,9 +229,7 @@ def model_key(relax_mod, tvm_target, tune: TuneSettings) -> str:
     import tvm
     import tvm_ffi
 
-    from aglmc.targets.cpu import pipeline_steps
-
-    steps = ",".join(name for name, _ in pipeline_steps(tvm_target))
+    steps = (backend or CpuBackend(None, None)).pipeline_key(tvm_target)
     text = f"{tvm_ffi.structural_hash(relax_mod)}|{tvm.__version__}|{steps}|{tune.trials}|{tune.tasks}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -278,41 +257,38 @@ def _plan(tune: TuneSettings, tasks: Sequence[Task], scan, search: SearchConfig)
 class _Session:
     """The MetaSchedule objects of one tuning run, and its counters."""
 
-    def __init__(self, kind, target, tune: TuneSettings, db: TuningDatabase, linker, runner: RunnerSpec,
+    def __init__(self, kind, target, tune: TuneSettings, db: TuningDatabase, backend: TuningBackend,
                  search: SearchConfig, measure: MeasureConfig, log, start: float):
         self.kind, self.target, self.settings, self.db = kind, target, tune, db
-        self.linker, self.runner_spec, self.search, self.measure = linker, runner, search, measure
+        self.backend, self.search, self.measure = backend, search, measure
         self.log, self.start = log, start
         self.trials_run = 0
         self.interrupted = False  # set by the first Ctrl-C (see _stop_on_ctrl_c)
         self.run_counts: Dict[str, int] = {}
-        self.builder: Optional[CandidateBuilder] = None
-        self.runner = None
+        self.opened = False
         self.cost_model = None
         self.ms_db = None
 
     def open(self, ms_db) -> None:
-        from aglmc.targets.llvm import usable_cores
-
         self.ms_db = ms_db
-        self.builder = CandidateBuilder(self.linker, workers=usable_cores(), timeout=self.measure.build_timeout)
-        self.runner = make_runner(self.runner_spec, self.measure)
+        self.backend.open(self.target, self.measure)
+        self.opened = True
 
     def close(self) -> None:
-        if self.builder is not None:
-            self.builder.close()
+        if self.opened:
+            self.backend.close()
 
     # ---- the untuned baseline -------------------------------------------------------------------------
     def measure_defaults(self, relax_mod, tasks: Sequence[Task]) -> None:
         """Time aglmc's rule schedule of each task with the tuning runner; note it in the database."""
         from tvm.s_tir import meta_schedule as ms
 
-        kernels = default_kernels(relax_mod, self.target, tasks)
+        kernels = self.backend.default_kernels(relax_mod, self.target, tasks)
         timed = [t for t in tasks if t.shash in kernels]
         mods = [kernels[t.shash][0] for t in timed]
         outcomes = self._measure(mods, [ms.arg_info.ArgInfo.from_entry_func(m, remove_preproc=True) for m in mods])
         if outcomes and all(o.stage == "run" for o in outcomes):
-            raise TargetError(f"tuning {self.kind}: nothing runs on {self.runner_spec.describe()}: "
+            raise TargetError(f"tuning {self.kind}: nothing runs on {self.backend.describe()}: "
                               f"{outcomes[0].error}")
         for task, outcome in zip(timed, outcomes):
             if outcome.seconds is None:
@@ -321,11 +297,11 @@ class _Session:
             self.db.note(workload=task.shash, task=task.name, rule=kernels[task.shash][1],
                          default_seconds=outcome.seconds)
         self.log(f"tune {self.kind}: timed the default schedules of {len(timed)} kernel(s) on "
-                 f"{self.runner_spec.describe()} ({_duration(time.monotonic() - self.start)})")
+                 f"{self.backend.describe()} ({_duration(time.monotonic() - self.start)})")
 
     # ---- the search ---------------------------------------------------------------------------------
     def tune(self, todo: Sequence[Task], budgets: Dict[str, int], stats: Dict[str, WorkloadStats]) -> str:
-        load_cpu_intrinsics()
+        self.backend.load_intrinsics()
         done = {t.shash: stats[t.shash].trials for t in todo}
         best = {t.shash: stats[t.shash].best_seconds for t in todo}
         defaults = {t.shash: stats[t.shash].default_seconds for t in todo}
@@ -390,7 +366,8 @@ class _Session:
         if self.cost_model is None:
             self.cost_model = (ms.cost_model.XGBModel(num_tuning_cores=usable_cores())
                                if self.settings.cost_model == "xgb" else ms.cost_model.RandomModel())
-        context = ms.TuneContext(mod=task.mod, target=self.target, space_generator=design_space(self.target),
+        context = ms.TuneContext(mod=task.mod, target=self.backend.search_target(self.target),
+                                 space_generator=self.backend.design_space(self.target),
                                  search_strategy=self.search.strategy(), task_name=task.name,
                                  num_threads=usable_cores(), rand_state=self.search.seed)
         token = self.ms_db.commit_workload(task.mod)
@@ -452,7 +429,7 @@ class _Session:
             return []
         outcomes = self._measure([c.sch.mod for c in fresh], [c.args_info for c in fresh])
         if all(o.stage == "run" for o in outcomes):
-            raise TargetError(f"tuning {task.name} on {self.runner_spec.describe()}: every candidate of a batch "
+            raise TargetError(f"tuning {task.name} on {self.backend.describe()}: every candidate of a batch "
                               f"failed to run: {outcomes[0].error}",
                               hint="the trials measured before this batch are kept; fix the runner and rerun")
         for candidate, outcome in zip(fresh, outcomes):
@@ -472,13 +449,14 @@ class _Session:
         """Build and run ``mods`` (with their ``args_info``); one outcome each, in order."""
         from tvm.s_tir import meta_schedule as ms
 
-        built = self.builder.build(mods, self.target)
+        built = self.backend.build(mods)
         outcomes = [_Outcome(None, error, ms.runner.RunnerResult(run_secs=None, error_msg=error), "build")
                     for _path, error in built]
-        inputs = [ms.runner.RunnerInput(path, "cpu", args_info[i]) for i, (path, _) in enumerate(built) if path]
+        inputs = [ms.runner.RunnerInput(path, self.backend.device_type, args_info[i])
+                  for i, (path, _) in enumerate(built) if path]
         where = [i for i, (path, _) in enumerate(built) if path]
         try:
-            for i, future in zip(where, self.runner.run(inputs) if inputs else []):
+            for i, future in zip(where, self.backend.runner.run(inputs) if inputs else []):
                 result = future.result()
                 seconds = _mean(result.run_secs)
                 outcomes[i] = _Outcome(seconds, None if seconds is not None else _last_line(result.error_msg),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import tvm
 from tvm import relax
@@ -35,16 +35,11 @@ FLOAT64_HINT = ("WGSL has no f64: cast the model to float32. Per-token dynamic q
                 "granularity computes in float32, or build this schedule for host/arm only")
 
 
-def relax_pipeline(target: tvm.target.Target) -> List[tvm.transform.Pass]:
-    """The Relax passes from the prepared model to the form :mod:`.plan` reads, in order.
-
-    ``gpu_generic``'s steps (library dispatch; legalization, fusion and dlight's default GPU schedules: Matmul,
-    GEMV, Reduction, GeneralReduction, Fallback; dataflow lowering), with WidenBool between FoldConstant and
-    fusion, then memory planning up to, not including, ``LowerRuntimeBuiltin``.
-    """
+def fusion_passes(target: tvm.target.Target) -> List[tvm.transform.Pass]:
+    """``gpu_generic``'s library dispatch, legalization and fusion, with WidenBool between FoldConstant and
+    fusion: the module after them holds the unscheduled fused PrimFuncs (the tuning tasks, see :mod:`.tuning`)."""
     from aglmc.targets.vulkan.widen_bool import widen_bool
     from tvm.relax.backend import gpu_generic
-    from tvm.s_tir import dlight as dl
 
     return (gpu_generic.library_dispatch_passes(target)
             + [relax.transform.LegalizeOps(),
@@ -53,20 +48,59 @@ def relax_pipeline(target: tvm.target.Target) -> List[tvm.transform.Pass]:
                widen_bool,
                relax.transform.AnnotateTIROpPattern(),  # the casts WidenBool added
                relax.transform.FuseOps(),
-               relax.transform.FuseTIR(),
-               dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())]
-            + gpu_generic.dataflow_lower_passes(target)
+               relax.transform.FuseTIR()])
+
+
+def schedule_passes(database=None) -> List[tvm.transform.Pass]:
+    """The GPU schedules: a tuning database's records first (``MetaScheduleApplyDatabase``, which marks what it
+    scheduled), then dlight's defaults (Matmul, GEMV, Reduction, GeneralReduction, Fallback) for the rest."""
+    from tvm.s_tir import dlight as dl
+
+    dlight = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                     dl.gpu.GeneralReduction(), dl.gpu.Fallback())
+    return [dlight] if database is None else [apply_database(database), dlight]
+
+
+def apply_database(database) -> tvm.transform.Pass:
+    """``MetaScheduleApplyDatabase`` with ``database`` as MetaSchedule's current database (how it finds it): the
+    PrimFuncs ``database`` has records for get their best schedule and ``tirx.is_scheduled``."""
+
+    @tvm.transform.module_pass(opt_level=0, name="ApplyTuningDatabase")
+    def apply(mod, _ctx):
+        with database:  # the pass is made here: it reads the current target (run under the target's scope)
+            return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+    return apply
+
+
+def lowering_passes(target: tvm.target.Target) -> List[tvm.transform.Pass]:
+    """After the schedules: ``gpu_generic``'s dataflow lowering, then memory planning up to, not including,
+    ``LowerRuntimeBuiltin``."""
+    from tvm.relax.backend import gpu_generic
+
+    return (gpu_generic.dataflow_lower_passes(target)
             + [relax.transform.StaticPlanBlockMemory(),
                relax.transform.LowerAllocTensor(),
                relax.transform.KillAfterLastUse(),
                relax.transform.AttachGlobalSymbol()])
 
 
-def run_relax_pipeline(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+def relax_pipeline(target: tvm.target.Target, database=None) -> List[tvm.transform.Pass]:
+    """The Relax passes from the prepared model to the form :mod:`.plan` reads, in order.
+
+    ``gpu_generic``'s steps (library dispatch; legalization, fusion, the tuning database's records when given,
+    then dlight's default GPU schedules; dataflow lowering), with WidenBool between FoldConstant and fusion,
+    then memory planning up to, not including, ``LowerRuntimeBuiltin``.
+    """
+    return fusion_passes(target) + schedule_passes(database) + lowering_passes(target)
+
+
+def run_relax_pipeline(mod: tvm.IRModule, target: tvm.target.Target, database=None,
+                       passes: Optional[List[tvm.transform.Pass]] = None) -> tvm.IRModule:
+    """``mod`` through :func:`relax_pipeline` (or ``passes``) under ``target``; TVM's errors as TargetError."""
     try:
         with target:
-            return tvm.transform.Sequential(relax_pipeline(target))(mod)
+            return tvm.transform.Sequential(passes if passes is not None else relax_pipeline(target, database))(mod)
     except TargetError:
         raise
     except Exception as e:

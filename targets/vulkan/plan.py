@@ -110,7 +110,7 @@ class PlanBuilder:
     def __init__(self, mod: tvm.IRModule, kernels: Kernels, entry: str = "main"):
         self.mod = mod
         self.kernels = kernels
-        self.func: relax.Function = mod[entry]
+        self.func: relax.Function = mod[entry] if entry is not None else None
         self.shape_vars: Dict[Any, str] = {}  # Relax-level TIR Var -> name in the plan
         self.shape_var_info: Dict[str, dict] = {}
         self.inputs: List[dict] = []
@@ -153,6 +153,33 @@ class PlanBuilder:
         plan["slots"] = assign_slots(self.storages, len(self.steps))
         shaders = {name: self.kernels.wgsl[name] for name in self.kernel_info}
         return plan, shaders, self.constants
+
+    @classmethod
+    def for_prim_func(cls, kernels: Kernels, name: str) -> Tuple[Dict[str, Any], Dict[str, str], List[np.ndarray]]:
+        """The plan of one PrimFunc ``name`` (built into ``kernels``) run alone: every buffer parameter is a plan
+        input, the buffers its kernels write are the outputs. Static shapes only (a tuning candidate)."""
+        self = cls.__new__(cls)
+        cls.__init__(self, tvm.IRModule(), kernels, entry=None)
+        host = kernels.host_func(name)
+        flat = []
+        for p in host.params:
+            if not isinstance(p.ty, tvm.tirx.BufferType):
+                raise TargetError(f"vulkan: '{name}' takes the scalar '{p.name}'; a kernel run alone takes buffers")
+            shape = []
+            for d in p.ty.shape:
+                if type(d).__name__ != "IntImm":
+                    raise TargetError(f"vulkan: '{name}': parameter '{p.name}' has the symbolic shape {p.ty.shape}")
+                shape.append(int(d))
+            flat.append(self._new_tensor("input", len(self.inputs), 0, shape, str(p.ty.dtype)))
+            self.inputs.append({"name": p.name, "shape": shape, "dtype": str(p.ty.dtype)})
+        self._launch_host(name, host, flat)
+        written = sorted({tid for step in self.steps
+                          for tid, b in zip(step["buffers"], self.kernel_info[step["kernel"]]["buffers"])
+                          if b["access"] == "read_write"})
+        plan = {"entry": name, "inputs": self.inputs, "shape_vars": {}, "constants": [], "tensors": self.tensors,
+                "storages": [], "kernels": self.kernel_info, "steps": self.steps, "slots": 0,
+                "outputs": [{"tensor": t, "dtype": self.tensors[t]["dtype"]} for t in written]}
+        return plan, {k: kernels.wgsl[k] for k in self.kernel_info}, []
 
     def _bind_inputs(self) -> None:
         lower = dict(self.func.attrs.get("tir_var_lower_bound", {})) if self.func.attrs else {}
@@ -285,6 +312,10 @@ class PlanBuilder:
         for a in args:
             v = self._value(a)
             flat.extend(v if isinstance(v, list) else [v])
+        self._launch_host(name, host, flat)
+
+    def _launch_host(self, name: str, host, flat: List[Any]) -> None:
+        """The steps of the host function ``host`` called with ``flat`` (tensors and scalar expressions)."""
         if len(flat) != len(host.params):
             raise TargetError(f"vulkan: '{name}' takes {len(host.params)} arguments, main passes {len(flat)}")
         env: Dict[Any, Any] = {}

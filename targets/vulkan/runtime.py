@@ -422,5 +422,59 @@ class VulkanRunner:
             results.append(a.astype(host) if host != out["dtype"] else a)
         return results
 
+    def time(self, inputs: Sequence[np.ndarray], number: int = 3, repeat: int = 3, min_repeat_ms: float = 0.0,
+             max_number: int = 1000) -> List[float]:
+        """Seconds per inference, ``repeat`` times: wall clock around one submission of ``number`` inferences'
+        dispatches, waited for, divided by ``number``.
+
+        Inputs are uploaded once, before timing; outputs are not read back: what is timed is the compute
+        passes (and one submission's overhead, spread over ``number``). ``number`` grows until one submission
+        takes ``min_repeat_ms`` (at most ``max_number``), as TVM's time evaluator does. The first submission
+        (pipeline warm-up) is not timed. Used by the tuning runner (:mod:`.tuning_runner`).
+        """
+        import time as _time
+
+        inputs = [np.asarray(x) for x in inputs]
+        env = self.bind_shapes(inputs)
+        arrays = [self._device_input(spec, x) for spec, x in zip(self.plan["inputs"], inputs)]
+        prep = self._prepare(env)
+        queue = self.device.queue
+        for buf, x in zip(self._inputs, arrays):
+            data = x.tobytes()
+            if data:
+                queue.write_buffer(buf, 0, data + b"\0" * ((-len(data)) % 4))
+
+        # Waiting for the submission: a 4-byte copy behind the dispatches into a mappable buffer, then mapping it
+        # (wgpu-py 0.32's on_submitted_work_done_sync fails on a callback signature mismatch).
+        usage = self._wgpu.BufferUsage
+        fence = self.device.create_buffer(label="fence", size=4, usage=usage.COPY_SRC | usage.COPY_DST)
+        readback = self.device.create_buffer(label="fence-readback", size=4, usage=usage.MAP_READ | usage.COPY_DST)
+
+        def submit(n: int) -> float:
+            encoder = self.device.create_command_encoder()
+            cpass = encoder.begin_compute_pass()
+            for _ in range(n):
+                for pipeline, group, dims in prep.dispatches:
+                    cpass.set_pipeline(pipeline)
+                    cpass.set_bind_group(0, group)
+                    cpass.dispatch_workgroups(*dims)
+            cpass.end()
+            encoder.copy_buffer_to_buffer(fence, 0, readback, 0, 4)
+            start = _time.perf_counter()
+            queue.submit([encoder.finish()])
+            readback.map_sync(self._wgpu.MapMode.READ)
+            elapsed = _time.perf_counter() - start
+            readback.unmap()
+            return elapsed
+
+        number = max(1, int(number))
+        elapsed = submit(1)  # warm-up: pipelines are compiled lazily by some drivers
+        if min_repeat_ms > 0:
+            elapsed = submit(number)
+            while elapsed * 1e3 < min_repeat_ms and number < max_number:
+                number = min(max_number, max(number * 2, int(number * min_repeat_ms / max(elapsed * 1e3, 1e-3))))
+                elapsed = submit(number)
+        return [submit(number) / number for _ in range(max(1, int(repeat)))]
+
     def __repr__(self) -> str:
         return f"VulkanRunner({str(self.path)!r}, adapter={self.adapter!r})"

@@ -13,6 +13,10 @@ Build steps, in order (each named so a failure says where it happened)::
     plan         kernel order, grids, bindings, scalar arguments, storages and their lifetimes (plan.py)
     package      plan.json + shaders/*.wgsl + constants/*.npy in one zip (artifact.py)
 
+With a tuning database (``database=``), the kernels it has records for are scheduled from them before dlight
+schedules the rest; the plan's ``schedules`` and ``BuildInfo.schedule`` say which (``database`` or ``dlight``).
+``target vulkan { tune_trials = N }`` tunes them first (tuning.py: MetaSchedule, timed on the Vulkan device).
+
 PackWeights (pack_weights.py) keeps a quantized model's int8 / int4 weights as packed u32 words that the GPU
 kernels unpack as they multiply; the plan's ``weights`` entry lists what it packed and what stayed float.
 
@@ -35,12 +39,18 @@ from aglmc.targets.base import BuildInfo, Target, register_target
 from aglmc.targets.compile import error_summary
 from aglmc.targets.vulkan.artifact import DTYPE_BYTES, write_artifact
 from aglmc.targets.vulkan.exact_floats import exact_float_literals
+from aglmc.targets.cpu.report import DATABASE, ScheduledFunction, ScheduleReport, call_counts, estimate_macs
 from aglmc.targets.vulkan.lower import (build_kernels, called_prim_funcs, check_arithmetic, check_storable,
-                                        run_relax_pipeline)
+                                        apply_database, fusion_passes, lowering_passes, run_relax_pipeline,
+                                        schedule_passes)
 from aglmc.targets.vulkan.narrow_int64 import narrow_int64_module
 from aglmc.targets.vulkan.pack_weights import PackReport, pack_weights
 from aglmc.targets.vulkan.plan import PlanBuilder
 from aglmc.targets.vulkan.widen_bool import run_on_int32
+from aglmc.targets.tuning.settings import TUNE_PARAMS
+
+
+VULKAN_DEFAULT_RULE = "dlight"  # the rule name of a kernel no tuning record scheduled
 
 
 def _power_of_two(n: int):
@@ -60,6 +70,7 @@ class VulkanTarget(Target):
               doc="threads per workgroup the GPU schedules may use (WebGPU guarantees 256)"),
         Param("max_shared_memory", "int", default=16384, min=1024,
               doc="bytes of workgroup memory a kernel may use (WebGPU guarantees 16384; lavapipe has 32768)"),
+        *TUNE_PARAMS,  # issue 8: MetaSchedule on the Vulkan device (tuning.py)
     )
 
     @classmethod
@@ -70,14 +81,25 @@ class VulkanTarget(Target):
                                   "host": {"kind": "llvm"}})
 
     @classmethod
-    def build(cls, mod: tvm.IRModule, settings: Mapping[str, Any], out_path: Path) -> BuildInfo:
+    def build(cls, mod: tvm.IRModule, settings: Mapping[str, Any], out_path: Path, *, database=None) -> BuildInfo:
+        """Build ``mod`` into the artifact ``out_path``; ``database`` (MetaSchedule's, e.g. from
+        ``tuning.database_for_build``) schedules the kernels it has records for, dlight the rest."""
         s = cls.resolve(settings)
         target = cls.tvm_target(s)
         start = time.perf_counter()
         host_in, host_out = _io_dtypes(mod["main"])
         packed = PackReport()
         mod = _step("prepare", prepare, mod, s, packed)
-        lowered = run_relax_pipeline(mod, target)
+        # lower: relax_pipeline(target, database), run in three parts to see what the database scheduled
+        fused = run_relax_pipeline(mod, target, passes=fusion_passes(target))
+        calls = call_counts(fused)
+        macs = {gvar.name_hint: _macs(f) for gvar, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+        tuned = set()
+        if database is not None:
+            before = _scheduled(fused)
+            fused = run_relax_pipeline(fused, target, passes=[apply_database(database)])
+            tuned = _scheduled(fused) - before
+        lowered = run_relax_pipeline(fused, target, passes=schedule_passes() + lowering_passes(target))
         prims = called_prim_funcs(lowered)
         check_storable(prims)
         check_arithmetic(prims)
@@ -86,12 +108,31 @@ class VulkanTarget(Target):
         plan, shaders, constants = PlanBuilder(lowered, kernels).build()
         compiled = time.perf_counter()
         _annotate(plan, host_in, host_out, target, s)
+        schedule = ScheduleReport(tuple(sorted(
+            (ScheduledFunction(name, DATABASE if name in tuned else VULKAN_DEFAULT_RULE, macs.get(name),
+                               calls=max(1, calls.get(name, 1))) for name in prims),
+            key=lambda f: f.name)))
+        plan["schedules"] = {f.name: f.rule for f in schedule.functions}  # which kernels a tuning record scheduled
         if packed.packed or packed.left:
             plan["weights"] = packed.to_json()
         write_artifact(out_path, plan, shaders, constants)
         return BuildInfo(kind=cls.kind, path=Path(out_path), target=str(target), settings=s,
                          seconds=time.perf_counter() - start, compile_seconds=compiled - start,
-                         link_seconds=time.perf_counter() - compiled, linker="none (WGSL, compiled by wgpu at load)")
+                         link_seconds=time.perf_counter() - compiled, linker="none (WGSL, compiled by wgpu at load)",
+                         schedule=schedule)
+
+    # issue 8: autotuning, measured on this machine's Vulkan device
+    @classmethod
+    def tune(cls, mod: tvm.IRModule, settings: Mapping[str, Any], *, trials: Optional[int] = None,
+             base_dir: Optional[Path] = None, log=print, adapter: Optional[str] = None, **options):
+        """Tune ``mod``'s kernels on this machine's Vulkan device into the vulkan target's tuning database
+        (MetaSchedule's GPU search; see :mod:`aglmc.targets.vulkan.tuning`)."""
+        from aglmc.targets.tuning import tune_kernels
+        from aglmc.targets.vulkan.tuning import VulkanBackend
+
+        s = cls.resolve(settings)
+        return tune_kernels(mod, cls.tvm_target(s), s, None, None, kind=cls.kind, trials=trials, base_dir=base_dir,
+                            log=log, backend=VulkanBackend(s, adapter=adapter), **options)
 
     @classmethod
     def runner(cls, path, adapter: Optional[str] = None):
@@ -111,6 +152,19 @@ def prepare(mod: tvm.IRModule, settings: Mapping[str, Any], packed: Optional[Pac
     if settings["fp16"]:
         mod = relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
     return mod
+
+
+def _scheduled(mod: tvm.IRModule) -> set:
+    """Names of the PrimFuncs of ``mod`` marked scheduled."""
+    return {gvar.name_hint for gvar, func in mod.functions_items()
+            if isinstance(func, tvm.tirx.PrimFunc) and int((func.attrs or {}).get("tirx.is_scheduled", 0))}
+
+
+def _macs(func) -> Optional[int]:
+    try:
+        return estimate_macs(func)
+    except Exception:  # noqa: BLE001 - a count for the report only
+        return None
 
 
 def _step(name: str, fn, *args):
