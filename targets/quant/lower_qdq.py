@@ -50,6 +50,8 @@ import tvm
 from tvm import relax, te
 
 from aglmc.errors import TargetError
+from aglmc.targets.relax_bindings import BindingView
+from aglmc.targets.relax_bindings import op_name as _op_name
 
 _DQ = "relax.dequantize"
 #: the block name of the weight-only kernel (the schedule rule recognises it by name)
@@ -82,13 +84,7 @@ class LoweringReport:
     left: List[str] = field(default_factory=list)
 
 
-def _op_name(expr) -> str:
-    if isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op):
-        return str(expr.op.name)
-    return ""
-
-
-class _Lowerer:
+class _Lowerer(BindingView):
     def __init__(self, func: relax.Function, name: str, report: LoweringReport, activation_dtype: str = "int8",
                  bb: Optional[relax.BlockBuilder] = None):
         self.activation_dtype = activation_dtype
@@ -99,31 +95,7 @@ class _Lowerer:
         self.remap: Dict[tvm.ir.Var, relax.Expr] = {}
         self.bb: Optional[relax.BlockBuilder] = bb  # shared by the functions of one module: kernel names stay unique
 
-    # ---- looking through bindings ---------------------------------------------------------------------
-    def _value(self, expr):
-        while isinstance(expr, tvm.ir.Var) and expr in self.defs:
-            expr = self.defs[expr]
-        return expr
-
-    def _const(self, expr) -> Optional[np.ndarray]:
-        """The numpy value of a constant expression (constants through astype / reshape / permute_dims)."""
-        expr = self._value(expr)
-        if isinstance(expr, tvm.ir.expr.GenericConst):
-            return expr.value.numpy()
-        op = _op_name(expr)
-        if op in ("relax.astype", "relax.reshape", "relax.permute_dims", "relax.expand_dims", "relax.squeeze"):
-            inner = self._const(expr.args[0])
-            if inner is None:
-                return None
-            if op == "relax.astype":
-                return inner.astype(str(expr.attrs.dtype))
-            if op == "relax.permute_dims":
-                axes = None if expr.attrs.axes is None else [int(a) for a in expr.attrs.axes]
-                return np.transpose(inner, axes)
-            shape = [int(d) for d in expr.ty.shape]
-            return inner.reshape(shape)
-        return None
-
+    # ---- looking through bindings (_value, _const: BindingView) ----------------------------------------
     def _dequant(self, expr) -> Optional[_Dequant]:
         expr = self._value(expr)
         if _op_name(expr) != _DQ or str(expr.attrs.out_dtype) != "float32":

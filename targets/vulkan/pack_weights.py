@@ -49,6 +49,8 @@ import tvm
 from tvm import relax, te
 
 from aglmc.errors import TargetError
+from aglmc.targets.relax_bindings import BindingView
+from aglmc.targets.relax_bindings import op_name as _op_name
 
 _DQ = "relax.dequantize"
 _VIEWS = ("relax.reshape", "relax.permute_dims")
@@ -191,12 +193,6 @@ def _conv2d(w: PackedWeight, zx: Optional[int], kernel_hw, attrs, out_shape):
 
 
 # ---- matching ---------------------------------------------------------------------------------------------
-def _op_name(expr) -> str:
-    if isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op):
-        return str(expr.op.name)
-    return ""
-
-
 def _ints(values) -> List[int]:
     return [int(v) for v in values]
 
@@ -211,7 +207,7 @@ class _Activation:
     views: List[relax.Call]  # reshape / permute_dims calls between the dequantize and the multiply, in order
 
 
-class _Packer:
+class _Packer(BindingView):
     """Rebuilds one flat Relax function with its dequantized integer weights packed (see the module docstring)."""
 
     def __init__(self, bb: relax.BlockBuilder, func: relax.Function, name: str, report: PackReport):
@@ -220,29 +216,7 @@ class _Packer:
         self.remap: Dict[tvm.ir.Var, relax.Expr] = {}
         self.declined: Dict[tvm.ir.Var, str] = {}  # dequantize binding -> why its consumer was not rewritten
 
-    # ---- looking through bindings (old expressions) -------------------------------------------------------
-    def _value(self, expr):
-        while isinstance(expr, tvm.ir.Var) and expr in self.defs:
-            expr = self.defs[expr]
-        return expr
-
-    def _const(self, expr) -> Optional[np.ndarray]:
-        """The value of a constant expression (a constant through astype / reshape / permute_dims)."""
-        expr = self._value(expr)
-        if isinstance(expr, tvm.ir.expr.GenericConst):
-            return expr.value.numpy()
-        op = _op_name(expr)
-        if op not in ("relax.astype", "relax.reshape", "relax.permute_dims"):
-            return None
-        inner = self._const(expr.args[0])
-        if inner is None:
-            return None
-        if op == "relax.astype":
-            return inner.astype(str(expr.attrs.dtype))
-        if op == "relax.permute_dims":
-            return np.transpose(inner, None if expr.attrs.axes is None else _ints(expr.attrs.axes))
-        return inner.reshape(_ints(expr.ty.shape))
-
+    # ---- looking through bindings (old expressions; _value, _const: BindingView) --------------------------
     def _decline(self, weight, reason: str) -> None:
         """Remember why the weight operand ``weight`` (a dequantize, possibly behind views) stays float."""
         e = weight

@@ -387,17 +387,22 @@ class VulkanRunner:
         return prep
 
     # ----------------------------------------------------------------------------------------------- run
-    def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
-        """The model's outputs for ``inputs`` (numpy arrays in the model's input order), as numpy arrays."""
+    def _upload(self, inputs: Sequence[np.ndarray]):
+        """Bind the shapes of ``inputs``, write them to the input buffers; the prepared launches for them."""
         inputs = [np.asarray(x) for x in inputs]
         env = self.bind_shapes(inputs)
         arrays = [self._device_input(spec, x) for spec, x in zip(self.plan["inputs"], inputs)]
         prep = self._prepare(env)
-        queue = self.device.queue
         for buf, x in zip(self._inputs, arrays):
             data = x.tobytes()
             if data:
-                queue.write_buffer(buf, 0, data + b"\0" * ((-len(data)) % 4))
+                self.device.queue.write_buffer(buf, 0, data + b"\0" * ((-len(data)) % 4))
+        return prep
+
+    def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """The model's outputs for ``inputs`` (numpy arrays in the model's input order), as numpy arrays."""
+        prep = self._upload(inputs)
+        queue = self.device.queue
         encoder = self.device.create_command_encoder()
         if prep.dispatches:
             cpass = encoder.begin_compute_pass()
@@ -434,15 +439,8 @@ class VulkanRunner:
         """
         import time as _time
 
-        inputs = [np.asarray(x) for x in inputs]
-        env = self.bind_shapes(inputs)
-        arrays = [self._device_input(spec, x) for spec, x in zip(self.plan["inputs"], inputs)]
-        prep = self._prepare(env)
+        prep = self._upload(inputs)
         queue = self.device.queue
-        for buf, x in zip(self._inputs, arrays):
-            data = x.tobytes()
-            if data:
-                queue.write_buffer(buf, 0, data + b"\0" * ((-len(data)) % 4))
 
         # Waiting for the submission: a 4-byte copy behind the dispatches into a mappable buffer, then mapping it
         # (wgpu-py 0.32's on_submitted_work_done_sync fails on a callback signature mismatch).
