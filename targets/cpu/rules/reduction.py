@@ -20,9 +20,9 @@ class Reduction(CpuRule):
 
     Scheduled row by row, as TVM's ``dlight.cpu.Reduction`` does: the rows of the last block are
     parallelised, every other block is computed at the row, so a row is read from cache by each pass;
-    injective blocks are vectorised along the row. The reductions themselves stay scalar (an rfactor
-    into vector partial sums needs the reduction to be the first block under its loop, which sharing
-    the row loop rules out).
+    injective blocks are vectorised along the row. A reduction over a multiple of the vector width is
+    first split into vector partial results (rfactor, while the blocks are still at the root: rfactor
+    cannot work under the shared row loop) and a final reduction of the lanes.
     """
 
     name = "reduction"
