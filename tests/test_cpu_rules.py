@@ -17,7 +17,7 @@ from tvm.target.codegen import llvm_get_system_cpu
 
 from aglmc.errors import TargetError
 from aglmc.targets.cpu import compile_cpu, pipeline_steps, vector_isa
-from aglmc.targets.cpu.rules.gemm_kernel import RegisterTile
+from aglmc.targets.cpu.rules.gemm_kernel import MIN_PARALLEL_MACS, RegisterTile
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": llvm_get_system_cpu(), "num-cores": 2})
 torch.set_num_threads(1)
@@ -116,7 +116,7 @@ def _dense_module(m: int, n: int, k: int, rng) -> tuple[tvm.IRModule, np.ndarray
     return bb.get(), weight, bias
 
 
-@pytest.mark.parametrize("m,n,k", [(64, 128, 32), (37, 53, 29), (1, 10, 16)])
+@pytest.mark.parametrize("m,n,k", [(64, 128, 32), (37, 53, 29), (1, 10, 16), (128, 256, 64)])
 def test_matmul_dense_bias_relu(m, n, k):
     rng = np.random.default_rng(0)
     mod, weight, bias = _dense_module(m, n, k, rng)
@@ -125,7 +125,7 @@ def test_matmul_dense_bias_relu(m, n, k):
     np.testing.assert_allclose(out, np.maximum(x @ weight + bias, 0), rtol=1e-4, atol=1e-4)
     assert {e.rule for e in report.functions} == {"matmul"}
     assert [e.macs for e in report.functions] == [m * n * k]
-    _check_rule(mod, "matmul", parallel=m * n >= 8192)
+    _check_rule(mod, "matmul", parallel=m * n * k >= MIN_PARALLEL_MACS)  # small GEMMs stay on one core
 
 
 @pytest.mark.parametrize("b,m,n,k", [(2, 17, 33, 20), (3, 64, 64, 16)])

@@ -40,6 +40,10 @@ from .base import (
 )
 from .loops import schedule_loop_nest
 
+MIN_PARALLEL_MACS = 1 << 19
+"""Multiply-adds below which a GEMM runs on one core: waking the thread pool costs a few microseconds, what
+half a million multiply-adds take one core."""
+
 PREPROC = "meta_schedule.layout_rewrite_preproc"
 """Block annotation that makes ``SplitLayoutRewritePreproc`` move a block out to run on constants."""
 
@@ -313,11 +317,12 @@ def schedule_gemm(
     sch.unroll(r_in)
     _vectorize(sch, v_in, isa, dtype)
     outer = sch.fuse(s_loop, panel)
+    parallel = isa.parallel and (k_extent is None or v_extent * m_extent * k_extent >= MIN_PARALLEL_MACS)
     if _reads_only(sch, stream, constants):
         sch.annotate(stream, PREPROC, True)
-        if isa.parallel:
+        if parallel:
             sch.parallel(sch.fuse(outer, row_tile))
-    elif isa.parallel and static_extent(sch, outer) < 2 * isa.num_cores:
+    elif parallel and static_extent(sch, outer) < 2 * isa.num_cores:
         # Fewer panels than twice the cores (a 7x7 feature map is one panel): the panels are packed first, by
         # a nest of their own, and the cores share the panels' row tiles. Packed per panel inside the
         # parallel panel loop, one core would do the whole layer.
@@ -329,7 +334,7 @@ def schedule_gemm(
         v_copy, k_copy = sch.get_loops(stream)[-2:]
         sch.reorder(k_copy, v_copy)  # write the panel row by row, NR contiguous lanes at a time
         _vectorize(sch, v_copy, isa, dtype)
-        if isa.parallel:
+        if parallel:
             sch.parallel(outer)
     sch.decompose_reduction(main, k_loop)
     # An epilogue that could not be folded into the write-back (a value read twice) runs on its own.
