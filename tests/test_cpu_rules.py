@@ -179,6 +179,30 @@ def test_conv2d_bias_relu6(cin, cout, hw, k, stride):
     _check_rule(mod, "conv2d", parallel=False)
 
 
+def test_three_register_vectors_are_split_into_registers():
+    """A 6x6 map is 36 pixels: a panel of three AVX-512 registers (48 floats). LLVM widens a <48 x float> and
+    takes the accumulators apart lane by lane (measured 35x slower), so those loops are single registers."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(96, 64, 1), torch.nn.ReLU6())
+    x = torch.randn(1, 96, 6, 6)
+    mod = _torch_module(model, x)
+    out, _ = _run(mod, x.numpy())
+    np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+    lanes = vector_isa(TARGET).lanes()
+    (func,) = [f for _, f in _scheduled(mod).functions_items() if isinstance(f, tirx.PrimFunc)]
+    sch = tvm.s_tir.Schedule(func)
+    extents = []
+
+    def walk(parent):
+        for block in sch.get_child_blocks(parent):
+            extents.extend(int(sch.get(loop).extent) for loop in sch.get_loops(block)
+                           if tirx.ForKind(int(sch.get(loop).kind)) == tirx.ForKind.VECTORIZED)
+            walk(block)
+
+    walk(sch.get_sblock("root"))
+    assert extents and all((e // lanes) & (e // lanes - 1) == 0 for e in extents if e > lanes), extents
+
+
 @pytest.mark.parametrize("channels,hw,stride", [(16, 28, 1), (7, 7, 1), (24, 15, 2)])
 def test_depthwise_conv2d(channels, hw, stride):
     torch.manual_seed(0)
