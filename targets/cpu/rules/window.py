@@ -54,7 +54,6 @@ def schedule_window(sch: s_tir.Schedule, main: SBlockRV, isa: VectorISA) -> str 
         # Strided windows: TVM would vectorise the column loop into a gather (one scalar load per lane);
         # with the unrolled window inside a plain column loop, LLVM's loop vectoriser loads the input row
         # contiguously and de-interleaves it with shuffles.
-        width = None
         for loop in window:
             sch.unroll(loop)
     else:
@@ -70,8 +69,7 @@ def schedule_window(sch: s_tir.Schedule, main: SBlockRV, isa: VectorISA) -> str 
         if width is not None:
             sch.vectorize(xi)
 
-    producers = [p for p in sch.get_producers(main) if is_spatial(sch, p)]
-    for producer in producers:
+    for producer in sch.get_producers(main):
         if is_spatial(sch, producer):
             sch.compute_at(producer, c_loop, preserve_unit_loops=True)
             blocks = _split_padding(sch, producer, c_loop)
