@@ -275,12 +275,15 @@ def build_arm_libraries(model: str, folder: Path, kinds: Sequence[str], log) -> 
     return built
 
 
-def run_arm(models: Sequence[str], work: Path, log=print) -> Dict:
+def run_arm(models: Sequence[str], work: Path, log=print, *, kernels: bool = False) -> Dict:
+    """Instruction counts of onnxruntime, aglmc and plain TVM per model; ``kernels``: aglmc's too, kernel by
+    kernel (:mod:`bench.arm_kernels`)."""
     from bench.runner import _run_step, _worker_cmd, worker_env
 
     started = time.time()
     env = setup(log)
     rows: List[Dict] = []
+    per_kernel: Dict[str, object] = {}
     runtimes = ("onnxruntime", "aglmc", "tvm (plain)")
     for model in models:
         spec = MODELS[model]
@@ -337,6 +340,15 @@ def run_arm(models: Sequence[str], work: Path, log=print) -> Dict:
             rows.append(row)
             log(f"[arm {model}] {rt}: {counted['instructions'] / 1e6:.2f} M instructions, NEON share "
                 f"{counted['neon_share']:.3f}")
+            if kernels and rt == "aglmc":
+                from bench.arm_kernels import count_kernels
+
+                log(f"[arm {model}] count aglmc's kernels one by one under qemu")
+                try:
+                    per_kernel[model] = count_kernels(env, folder, artifacts[rt], folder / "arm-aglmc" / "model.sched",
+                                                      CPU, K, ARMCOUNT)
+                except Exception as e:  # noqa: BLE001 - the report says why
+                    per_kernel[model] = f"FAILED: {str(e)[-300:]}"
         base = next((r for r in rows if r["model"] == model and r["runtime"] == "onnxruntime"
                      and r["status"] != "failed"), None)
         for r in rows:
@@ -346,7 +358,8 @@ def run_arm(models: Sequence[str], work: Path, log=print) -> Dict:
             "seconds": time.time() - started, "cpu": CPU, "k": K, "repeat": REPEAT,
             "guest": f"qemu-aarch64 -cpu {CPU}, Debian arm64 python3.11 sysroot ({env['sysroot']}), 1 thread, "
                      f"armcount mode cb, K={K}, the lower of {REPEAT} pairs of runs whose guest threads matched",
-            "rows": rows, "aglmc_tree": __import__("bench.runner", fromlist=["git_state"]).git_state()}
+            "rows": rows, "kernels": per_kernel,
+            "aglmc_tree": __import__("bench.runner", fromlist=["git_state"]).git_state()}
 
 
 def _json(path: Path) -> Dict:

@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"scratch folder for artifacts (default {default_work()})")
     p.add_argument("--arm", action="store_true",
                    help="aarch64 instruction counts under qemu (shared/tools/armcount) instead of host latency")
+    p.add_argument("--arm-kernels", action="store_true",
+                   help="with --arm: also aglmc's instructions kernel by kernel (one guest thread per kernel)")
     p.add_argument("--board", metavar="SPEC",
                    help="latency of the aarch64 libraries on an ARM board over TVM's RPC: KEY@HOST:PORT of a "
                         "tracker, or 'emulated' (a qemu board this run starts; its times are correctness-only)")
@@ -94,11 +96,11 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    if args.arm:
+    if args.arm or args.arm_kernels:
         from bench import arm
 
         models = _names(args.arm_models or args.models, catalog.ARM_MODELS, catalog.MODELS)
-        data = arm.run_arm(models, work / "arm", log=log)
+        data = arm.run_arm(models, work / "arm", log=log, kernels=args.arm_kernels)
         (out / "arm.json").write_text(json.dumps(data, indent=1))
         path = report.write_results(out)
         print(report.arm_section(data))

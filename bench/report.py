@@ -185,6 +185,12 @@ def arm_section(data: Dict) -> str:
             f"{_fmt(macs / 1e6 if macs else None, '.2f')} M | {_fmt(lanes / macs if macs else None, '.2f')} | "
             f"{_fmt(r.get('spread_pct'), '.2f')} % | {_cell_reason(r.get('notes', ''))} |")
     lines += ["", f"ARM run took {data['seconds'] / 60:.1f} min. aglmc tree: {data.get('aglmc_tree', 'unknown')}.", ""]
+    from bench.arm_kernels import table
+
+    titles = {r["model"]: r["title"] for r in data["rows"]}
+    for model, rows in (data.get("kernels") or {}).items():
+        lines.append(table(rows, titles.get(model, model)) if isinstance(rows, list)
+                     else f"#### {titles.get(model, model)}: per-kernel counts {rows}\n")
     return "\n".join(lines)
 
 
