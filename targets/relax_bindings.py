@@ -1,4 +1,5 @@
-"""Looking through the bindings of a flat Relax function: what a variable is bound to, and constant values.
+"""Looking through the bindings of a flat Relax function (what a variable is bound to, constant values) and
+putting rewritten functions back into their module.
 
 The Q/DQ rewriters (``targets/quant/lower_qdq.py`` for the CPU targets, ``targets/vulkan/pack_weights.py``) match
 ``dequantize(constant, ...)`` through the variables a frontend binds, and through the views a frontend puts on a
@@ -24,10 +25,39 @@ def op_name(expr) -> str:
     return ""
 
 
+def replace_functions(built: tvm.IRModule, temporary: Dict[tvm.ir.GlobalVar, str]) -> tvm.IRModule:
+    """``built`` with each function that was rebuilt under a temporary name (``temporary``: original global
+    var -> that name) put back under its original global var and symbol. A pass that rewrites several functions
+    with one BlockBuilder (so that the kernels it makes get names unique across the module) builds them under
+    temporary names, because the builder already holds the originals."""
+    swapped = {built.get_global_var(name): gv for gv, name in temporary.items()}
+    out = tvm.IRModule({gv: f for gv, f in built.functions_items() if gv not in swapped}, attrs=built.attrs)
+    for new_gv, gv in swapped.items():
+        func = built[new_gv]
+        if func.attrs is not None and "global_symbol" in func.attrs:
+            func = func.with_attr("global_symbol", gv.name_hint)
+        out[gv] = func
+    return out
+
+
 class BindingView:
-    """Mixin for a rewriter that records ``defs`` (variable -> bound expression) as it walks a function."""
+    """Mixin for a rewriter that records ``defs`` (variable -> bound expression) as it walks a function, and
+    ``remap`` (old variable -> its replacement) as it emits the new one."""
 
     defs: Dict[tvm.ir.Var, relax.Expr]
+    remap: Dict[tvm.ir.Var, relax.Expr]
+
+    def _rebuild(self, expr):
+        """``expr`` over the new variables (a call, tuple or item whose operands were rewritten)."""
+        if isinstance(expr, tvm.ir.Var):
+            return self.remap.get(expr, expr)
+        if isinstance(expr, tvm.ir.Tuple):
+            return relax.Tuple([self._rebuild(f) for f in expr.fields])
+        if isinstance(expr, tvm.ir.TupleGetItem):
+            return relax.TupleGetItem(self._rebuild(expr.tuple_value), expr.index)
+        if isinstance(expr, tvm.ir.Call):
+            return relax.Call(expr.op, [self._rebuild(a) for a in expr.args], expr.attrs, expr.ty_args)
+        return expr
 
     def _value(self, expr):
         """``expr`` with variables replaced by what they are bound to, as long as they are."""

@@ -208,17 +208,6 @@ class _Lowerer(BindingView):
                 new = bb.emit_output(new, name_hint=binding.var.name)
             self.remap[binding.var] = new
 
-    def _rebuild(self, expr):
-        if isinstance(expr, tvm.ir.Var):
-            return self.remap.get(expr, expr)
-        if isinstance(expr, tvm.ir.Tuple):
-            return relax.Tuple([self._rebuild(f) for f in expr.fields])
-        if isinstance(expr, tvm.ir.TupleGetItem):
-            return relax.TupleGetItem(self._rebuild(expr.tuple_value), expr.index)
-        if isinstance(expr, tvm.ir.Call):
-            return relax.Call(expr.op, [self._rebuild(a) for a in expr.args], expr.attrs, expr.ty_args)
-        return expr
-
     def _lower(self, value, name: str):
         op = _op_name(value)
         if op == "relax.nn.conv2d":

@@ -49,7 +49,7 @@ import tvm
 from tvm import relax, te
 
 from aglmc.errors import TargetError
-from aglmc.targets.relax_bindings import BindingView
+from aglmc.targets.relax_bindings import BindingView, replace_functions
 from aglmc.targets.relax_bindings import op_name as _op_name
 
 _DQ = "relax.dequantize"
@@ -356,17 +356,6 @@ class _Packer(BindingView):
                     new = emit(self._rebuild(binding.value), name_hint=old.name)
             self.remap[old] = new
 
-    def _rebuild(self, expr):
-        if isinstance(expr, tvm.ir.Var):
-            return self.remap.get(expr, expr)
-        if isinstance(expr, tvm.ir.Tuple):
-            return relax.Tuple([self._rebuild(f) for f in expr.fields])
-        if isinstance(expr, tvm.ir.TupleGetItem):
-            return relax.TupleGetItem(self._rebuild(expr.tuple_value), expr.index)
-        if isinstance(expr, tvm.ir.Call):
-            return relax.Call(expr.op, [self._rebuild(a) for a in expr.args], expr.attrs, expr.ty_args)
-        return expr
-
     def _record(self, name: str, what: str, w: PackedWeight) -> None:
         self.report.packed.append(f"{self.name}/{name}: {what} {w.describe()}")
         self.report.packed_bytes += w.words.nbytes + w.scale.nbytes
@@ -503,14 +492,7 @@ def pack_weights(mod: tvm.IRModule, report: Optional[PackReport] = None) -> tvm.
         tmp[gv] = f"__pack_weights_{gv.name_hint}"
         packers[gv] = _Packer(bb, func, gv.name_hint, report)
         packers[gv].run(tmp[gv])
-    built = bb.get()
-    temporary = {built.get_global_var(name): gv for gv, name in tmp.items()}
-    out = tvm.IRModule({gv: f for gv, f in built.functions_items() if gv not in temporary}, attrs=built.attrs)
-    for new_gv, gv in temporary.items():
-        func = built[new_gv]
-        if func.attrs is not None and "global_symbol" in func.attrs:
-            func = func.with_attr("global_symbol", gv.name_hint)
-        out[gv] = func
+    out = replace_functions(bb.get(), tmp)
     out = relax.transform.DeadCodeElimination()(out)
     for gv, func in todo:  # what is still dequantized from a constant will be folded into a float32 constant
         packer, used = packers[gv], _used_vars(out[gv.name_hint])

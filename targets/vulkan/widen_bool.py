@@ -26,6 +26,7 @@ import tvm
 from tvm import relax, topi
 
 from aglmc.errors import TargetError
+from aglmc.targets.relax_bindings import replace_functions
 
 _STORE = "int32"
 # Element types WGSL cannot store, kept as int32 instead (every value fits, so the round trip is exact).
@@ -163,15 +164,7 @@ def widen_bool(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModu
     for gv, func in todo:
         tmp[gv] = f"__widen_bool_{gv.name_hint}"
         _Widener(bb, func, gv.name_hint).run(tmp[gv])
-    built = bb.get()
-    temporary = {built.get_global_var(name): gv for gv, name in tmp.items()}
-    out = tvm.IRModule({gv: f for gv, f in built.functions_items() if gv not in temporary}, attrs=built.attrs)
-    for new_gv, gv in temporary.items():
-        func = built[new_gv]
-        if func.attrs is not None and "global_symbol" in func.attrs:
-            func = func.with_attr("global_symbol", gv.name_hint)
-        out[gv] = func
-    return out
+    return replace_functions(bb.get(), tmp)
 
 
 @tvm.transform.module_pass(opt_level=0, name="RunOnInt32")
