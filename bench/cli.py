@@ -108,8 +108,17 @@ def main(argv=None) -> int:
         return 0
 
     if args.board:
+        from aglmc.errors import AglmcError
+        from aglmc.targets.board import parse_board
+
         from bench import board
 
+        if args.board != board.EMULATED:
+            try:
+                parse_board(args.board)
+            except AglmcError as e:
+                print(f"--board: {e}", file=sys.stderr)
+                return 2
         models = _names(args.arm_models or args.models, catalog.ARM_MODELS, catalog.MODELS)
         data = board.run_board(models, work / "board", args.board, log=log)
         (out / "board.json").write_text(json.dumps(data, indent=1))

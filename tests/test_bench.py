@@ -162,3 +162,10 @@ def test_board_runner_checks_and_times_on_the_emulated_board_and_labels_it(tmp_p
         assert "correctness only" in row["notes"]
     table = report.board_section(data)
     assert "emulated: correctness only" in table and "(emulated)" in table
+
+
+def test_a_board_name_that_cannot_be_read_is_a_clear_error(capsys, tmp_path):
+    from bench.cli import main
+
+    assert main(["--board", "bad spec!", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]) == 2
+    assert "cannot read board 'bad spec!'" in capsys.readouterr().err
