@@ -116,14 +116,20 @@ def _dense_module(m: int, n: int, k: int, rng) -> tuple[tvm.IRModule, np.ndarray
     return bb.get(), weight, bias
 
 
-@pytest.mark.parametrize("m,n,k", [(64, 128, 32), (37, 53, 29), (1, 10, 16), (128, 256, 64)])
-def test_matmul_dense_bias_relu(m, n, k):
-    rng = np.random.default_rng(0)
+def _dense_matches_numpy(m: int, n: int, k: int, seed: int):
+    """Build relu(x @ W + b) with the rules, check it against numpy and that the matmul rule took it."""
+    rng = np.random.default_rng(seed)
     mod, weight, bias = _dense_module(m, n, k, rng)
     x = rng.standard_normal((m, k)).astype("float32")
     out, report = _run(mod, x)
     np.testing.assert_allclose(out, np.maximum(x @ weight + bias, 0), rtol=1e-4, atol=1e-4)
     assert {e.rule for e in report.functions} == {"matmul"}
+    return mod, report
+
+
+@pytest.mark.parametrize("m,n,k", [(64, 128, 32), (37, 53, 29), (1, 10, 16), (128, 256, 64)])
+def test_matmul_dense_bias_relu(m, n, k):
+    mod, report = _dense_matches_numpy(m, n, k, seed=0)
     assert [e.macs for e in report.functions] == [m * n * k]
     _check_rule(mod, "matmul", parallel=m * n * k >= MIN_PARALLEL_MACS)  # small GEMMs stay on one core
 
@@ -386,12 +392,7 @@ def neon_rules(monkeypatch):
 
 @pytest.mark.parametrize("m,n,k", [(64, 128, 32), (37, 53, 29), (250, 100, 52), (1, 10, 16), (256, 256, 256)])
 def test_neon_gemm_schedules_match_numpy(neon_rules, m, n, k):
-    rng = np.random.default_rng(5)
-    mod, weight, bias = _dense_module(m, n, k, rng)
-    x = rng.standard_normal((m, k)).astype("float32")
-    out, report = _run(mod, x)
-    np.testing.assert_allclose(out, np.maximum(x @ weight + bias, 0), rtol=1e-4, atol=1e-4)
-    assert {e.rule for e in report.functions} == {"matmul"}
+    _dense_matches_numpy(m, n, k, seed=5)
 
 
 def test_neon_batch_matmul_runtime_operands(neon_rules):
