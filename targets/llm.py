@@ -40,6 +40,7 @@ from tvm import relax
 
 from aglmc.errors import ModelError, TargetError
 from aglmc.targets.compile import error_summary
+from aglmc.targets.vulkan.llm import VulkanLlmRunner, _tokens  # noqa: F401  (the vulkan runner needs no TVM)
 
 #: the entry points of an LLM library, in the order they are merged
 FUNCTIONS: Tuple[str, ...] = ("prefill", "decode")
@@ -196,11 +197,6 @@ def build_llm_library(kind: str, mod: tvm.IRModule, settings: Mapping[str, Any],
 
 
 # ---- running -------------------------------------------------------------------------------------------
-def _tokens(tokens) -> np.ndarray:
-    array = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64))
-    return array.reshape(1, -1)
-
-
 class HostLlmRunner:
     """An LLM host library loaded into this process.
 
@@ -321,28 +317,3 @@ class BoardLlmRunner:
     def close(self) -> None:
         self._session = self._prefill = self._decode = None
         self._weights = []
-
-
-class VulkanLlmRunner:
-    """The two vulkan artifacts of an LLM build on this machine's Vulkan device; the cache comes back to the
-    host after every call (the vulkan runtime takes and returns numpy arrays)."""
-
-    def __init__(self, prefill_path: Union[str, Path], decode_path: Union[str, Path], adapter: Optional[str] = None):
-        from aglmc.targets.vulkan.runtime import VulkanRunner
-
-        self._prefill = VulkanRunner(prefill_path, adapter=adapter)
-        self._decode = VulkanRunner(decode_path, adapter=adapter)
-        self.adapter = self._prefill.adapter
-        self.where = f"vulkan ({self.adapter})"
-
-    def prefill(self, tokens):
-        logits, cache = self._prefill.run([_tokens(tokens)])
-        return logits, cache
-
-    def decode(self, token: int, cache, pos: int):
-        logits, cache = self._decode.run([np.array([[token]], dtype=np.int64), cache,
-                                          np.array([pos], dtype=np.int64)])
-        return logits.reshape(-1), cache
-
-    def close(self) -> None:
-        self._prefill = self._decode = None

@@ -66,7 +66,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, seq_len: int):
-        positions = torch.arange(seq_len, dtype=torch.float32)
+        positions = torch.arange(seq_len, dtype=torch.float32, device=self.inv_freq.device)
         freqs = positions[:, None] * self.inv_freq[None, :]          # [seq, rotary_dim / 2]
         # interleaved layout: pair i (channels 2i, 2i+1) turns by freqs[:, i]
         freqs = freqs.repeat_interleave(2, dim=-1)                    # [seq, rotary_dim]
@@ -152,7 +152,7 @@ class GlmTinyModel(nn.Module):
         seq_len = input_ids.shape[1]
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(seq_len)
-        causal_mask = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
+        causal_mask = torch.ones(seq_len, seq_len, dtype=torch.bool, device=input_ids.device).tril()
         for layer in self.layers:
             x = layer(x, cos, sin, causal_mask)
         return self.norm(x)

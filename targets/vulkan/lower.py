@@ -30,9 +30,9 @@ CAPTURE_BEFORE = "tirx.MakePackedAPI"
 # Element types WGSL can keep in a storage buffer (TVM emits array<i8>/array<bool> for the others, which
 # does not validate; WGSL has no 64-bit integers and wgpu no f64 storage).
 STORABLE = {"float32", "float16", "int32", "uint32"}
-FLOAT64_HINT = ("WGSL has no f64: cast the model to float32. Per-token dynamic quantization (quantize_dynamic, "
-                "granularity = per_token) computes its quantize in float64 to round as PyTorch does; per-tensor "
-                "granularity computes in float32, or build this schedule for host/arm only")
+FLOAT64_HINT = ("WGSL has no f64. NarrowFloat64 runs float64 tensors between ops in float32; this kernel "
+                "computes in float64 inside itself (an op lowered with float64 arithmetic): cast the model to "
+                "float32, or build this schedule for host/arm only")
 
 
 def fusion_passes(target: tvm.target.Target) -> List[tvm.transform.Pass]:

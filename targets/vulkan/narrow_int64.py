@@ -35,50 +35,61 @@ def _tensor_dtype(ty) -> str:
     return str(ty.dtype) if isinstance(ty, relax.TensorType) else ""
 
 
-def _has_int64(ty) -> bool:
+def _has_dtype(ty, dtype: str) -> bool:
     if isinstance(ty, relax.TensorType):
-        return str(ty.dtype) == _I64
+        return str(ty.dtype) == dtype
     if isinstance(ty, tvm.ir.TupleType):
-        return any(_has_int64(t) for t in ty.fields)
+        return any(_has_dtype(t, dtype) for t in ty.fields)
     return False
 
 
-def _narrow_attrs(attrs):
-    """``attrs`` with every int64 dtype field set to int32 (same node type), or None when there is none."""
+def _narrow_attrs(attrs, wide: str, narrow: str):
+    """``attrs`` with every ``wide`` dtype field set to ``narrow`` (same node type), or None when there is none."""
     if attrs is None:
         return None
     info = getattr(type(attrs), "__tvm_ffi_type_info__", None)
     if info is None:
         return None
     fields = {f.name: getattr(attrs, f.name) for f in info.fields}
-    if not any(k in _DTYPE_FIELDS and v is not None and str(v) == _I64 for k, v in fields.items()):
+    if not any(k in _DTYPE_FIELDS and v is not None and str(v) == wide for k, v in fields.items()):
         return None
-    fields = {k: (_I32 if k in _DTYPE_FIELDS and v is not None and str(v) == _I64 else v)
+    fields = {k: (narrow if k in _DTYPE_FIELDS and v is not None and str(v) == wide else v)
               for k, v in fields.items()}
     return tvm.ir.make_node(info.type_key, **fields)
 
 
-class _Narrower:
-    """Rebuilds one flat Relax function with int64 tensors narrowed (see the module docstring)."""
+def _int32_constant(values: np.ndarray, where: str) -> np.ndarray:
+    info = np.iinfo(np.int32)
+    if values.size and (values.min() < info.min or values.max() > info.max):
+        raise TargetError(f"NarrowInt64: {where} has an int64 constant with values in "
+                          f"[{values.min()}, {values.max()}], outside int32")
+    return values.astype(np.int32)
 
-    def __init__(self, func: relax.Function, name: str):
+
+class Narrower:
+    """Rebuilds one flat Relax function with its ``wide`` tensors stored as ``narrow`` (see the module
+    docstring); ``constant(values, where)`` narrows a constant or raises. NarrowFloat64 uses it too."""
+
+    def __init__(self, func: relax.Function, name: str, wide: str = _I64, narrow: str = _I32,
+                 constant=_int32_constant, pass_name: str = "NarrowInt64"):
         self.func = func
         self.name = name
+        self.wide, self.narrow, self.constant, self.pass_name = wide, narrow, constant, pass_name
         self.remap: Dict[tvm.ir.Var, relax.Expr] = {}
 
     def run(self) -> relax.Function:
         bb = relax.BlockBuilder()
         params: List[relax.Var] = []
         for p in self.func.params:
-            if _tensor_dtype(p.ty) == _I64:
-                q = relax.Var(p.name, relax.TensorType(p.ty.shape, _I32))
+            if _tensor_dtype(p.ty) == self.wide:
+                q = relax.Var(p.name, relax.TensorType(p.ty.shape, self.narrow))
                 self.remap[p] = q
                 params.append(q)
             else:
                 params.append(p)
         body = self.func.body
         if not isinstance(body, relax.SeqExpr):
-            raise TargetError(f"NarrowInt64: function '{self.name}' is not in binding-block form")
+            raise TargetError(f"{self.pass_name}: function '{self.name}' is not in binding-block form")
         attrs = dict(self.func.attrs) if self.func.attrs is not None else {}
         with bb.function(self.name, params, attrs=attrs, pure=True):
             for block in body.blocks:
@@ -93,7 +104,7 @@ class _Narrower:
     def _emit_block(self, bb: relax.BlockBuilder, block, dataflow: bool) -> None:
         for binding in block.bindings:
             if isinstance(binding, relax.MatchCast):
-                raise TargetError(f"NarrowInt64: function '{self.name}' has a match_cast on "
+                raise TargetError(f"{self.pass_name}: function '{self.name}' has a match_cast on "
                                   f"'{binding.var.name}', which this pass does not rewrite")
             name = binding.var.name
             new = self._after(bb, bb.emit(self._rebuild(binding.value), name_hint=name))
@@ -102,24 +113,19 @@ class _Narrower:
             self.remap[binding.var] = new
 
     def _after(self, bb: relax.BlockBuilder, var):
-        """A call that still yields int64 (argmax, shape_to_tensor ...) is narrowed right after it."""
-        if _tensor_dtype(var.ty) == _I64:
-            return bb.emit(relax.op.astype(var, _I32))
-        if _has_int64(var.ty):
-            raise TargetError(f"NarrowInt64: function '{self.name}': '{var.name}' is a tuple holding int64 "
-                              f"tensors, which the vulkan target cannot store")
+        """A call that still yields a wide tensor (argmax, shape_to_tensor ...) is narrowed right after it."""
+        if _tensor_dtype(var.ty) == self.wide:
+            return bb.emit(relax.op.astype(var, self.narrow))
+        if _has_dtype(var.ty, self.wide):
+            raise TargetError(f"{self.pass_name}: function '{self.name}': '{var.name}' is a tuple holding "
+                              f"{self.wide} tensors, which the vulkan target cannot store")
         return var
 
     def _rebuild(self, expr):
         if isinstance(expr, tvm.ir.Var):
             return self.remap.get(expr, expr)
-        if isinstance(expr, tvm.ir.expr.GenericConst) and _tensor_dtype(expr.ty) == _I64:
-            values = expr.value.numpy()
-            info = np.iinfo(np.int32)
-            if values.size and (values.min() < info.min or values.max() > info.max):
-                raise TargetError(f"NarrowInt64: function '{self.name}' has an int64 constant with values in "
-                                  f"[{values.min()}, {values.max()}], outside int32")
-            return relax.const(values.astype(np.int32))
+        if isinstance(expr, tvm.ir.expr.GenericConst) and _tensor_dtype(expr.ty) == self.wide:
+            return relax.const(self.constant(expr.value.numpy(), f"function '{self.name}'"))
         if isinstance(expr, tvm.ir.Tuple):
             return relax.Tuple([self._rebuild(f) for f in expr.fields])
         if isinstance(expr, tvm.ir.TupleGetItem):
@@ -128,25 +134,40 @@ class _Narrower:
             args = [self._rebuild(a) for a in expr.args]
             attrs = expr.attrs
             if isinstance(expr.op, tvm.ir.Op):
-                attrs = _narrow_attrs(attrs) or attrs
-            ty_args = [relax.TensorType(t.shape, _I32) if _tensor_dtype(t) == _I64 else t for t in expr.ty_args]
+                attrs = _narrow_attrs(attrs, self.wide, self.narrow) or attrs
+            ty_args = [relax.TensorType(t.shape, self.narrow) if _tensor_dtype(t) == self.wide else t
+                       for t in expr.ty_args]
             return relax.Call(expr.op, args, attrs, ty_args)
         if isinstance(expr, (relax.If, relax.Function, relax.SeqExpr)):
-            raise TargetError(f"NarrowInt64: function '{self.name}' has a {type(expr).__name__}, "
+            raise TargetError(f"{self.pass_name}: function '{self.name}' has a {type(expr).__name__}, "
                               f"which this pass does not rewrite")
         return expr
 
 
-def _uses_int64(func: relax.Function) -> bool:
+def uses_dtype(func: relax.Function, dtype: str) -> bool:
     found = []
 
     def visit(e):
         ty = getattr(e, "ty", None)
-        if ty is not None and _has_int64(ty):
+        if ty is not None and _has_dtype(ty, dtype):
             found.append(e)
 
     relax.analysis.post_order_visit(func, visit)
     return bool(found)
+
+
+def narrow_module(mod: tvm.IRModule, wide: str, narrower) -> tvm.IRModule:
+    """``mod`` with ``narrower(func, name)`` applied to each Relax function that has a ``wide`` tensor."""
+    updates = {}
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function) and uses_dtype(func, wide):
+            updates[gv] = narrower(func, gv.name_hint).run()
+    if not updates:
+        return mod
+    out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    for gv, func in updates.items():
+        out[gv] = func
+    return out
 
 
 def narrow_int64_module(mod: tvm.IRModule) -> tvm.IRModule:
@@ -155,16 +176,7 @@ def narrow_int64_module(mod: tvm.IRModule) -> tvm.IRModule:
     The plain-function form: a :class:`TargetError` reaches the caller as itself (through the pass object,
     TVM's FFI turns it into a RuntimeError carrying the same message).
     """
-    updates = {}
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function) and _uses_int64(func):
-            updates[gv] = _Narrower(func, gv.name_hint).run()
-    if not updates:
-        return mod
-    out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-    for gv, func in updates.items():
-        out[gv] = func
-    return out
+    return narrow_module(mod, _I64, Narrower)
 
 
 @tvm.transform.module_pass(opt_level=0, name="NarrowInt64")

@@ -6,7 +6,8 @@ wgpu on its Vulkan backend (shared/VULKAN.md). The artifact is one zip, ``vulkan
 
 Build steps, in order (each named so a failure says where it happened)::
 
-    prepare      PackWeights, DecomposeOpsForInference, NarrowInt64, RunOnInt32, ToMixedPrecision(float16) if fp16
+    prepare      PackWeights, DecomposeOpsForInference, NarrowInt64, NarrowFloat64, RunOnInt32,
+                 ToMixedPrecision(float16) if fp16
     lower        gpu_generic: legalize, fuse, dlight GPU schedules, memory planning (see lower.py)
     check        every kernel's tensors are storable in WGSL (no int8/bool/int64 storage), none computes in f64
     codegen      ExactFloatLiterals, tvm.tirx.build for webgpu -> WGSL, capturing the module before MakePackedAPI
@@ -43,6 +44,7 @@ from aglmc.targets.cpu.report import DATABASE, ScheduledFunction, ScheduleReport
 from aglmc.targets.vulkan.lower import (build_kernels, called_prim_funcs, check_arithmetic, check_storable,
                                         apply_database, fusion_passes, lowering_passes, run_relax_pipeline,
                                         schedule_passes)
+from aglmc.targets.vulkan.narrow_float64 import narrow_float64_module
 from aglmc.targets.vulkan.narrow_int64 import narrow_int64_module
 from aglmc.targets.vulkan.pack_weights import PackReport, pack_weights
 from aglmc.targets.vulkan.plan import PlanBuilder
@@ -148,6 +150,7 @@ def prepare(mod: tvm.IRModule, settings: Mapping[str, Any], packed: Optional[Pac
     mod = pack_weights(mod, packed)  # first: it reads the frontend's Q/DQ form, before anything folds it
     mod = relax.transform.DecomposeOpsForInference()(mod)
     mod = narrow_int64_module(mod)  # called directly so its TargetError reaches the user as one
+    mod = narrow_float64_module(mod)
     mod = run_on_int32(mod)
     if settings["fp16"]:
         mod = relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
