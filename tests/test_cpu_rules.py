@@ -185,6 +185,55 @@ def test_conv2d_bias_relu6(cin, cout, hw, k, stride):
     _check_rule(mod, "conv2d", parallel=False)
 
 
+class _ResidualConv(torch.nn.Module):
+    """conv -> batch norm -> + residual -> relu, ResNet's block tail (the epilogue folds into the write-back)."""
+
+    def __init__(self, cin, cout, k, stride):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+        self.bn = torch.nn.BatchNorm2d(cout)
+
+    def forward(self, x, residual):
+        return torch.relu(self.bn(self.conv(x)) + residual)
+
+
+def _reads_padded_input_in_place(mod: tvm.IRModule) -> bool:
+    """The direct form: the conv's multiply-accumulate block reads ``pad_temp`` itself, not a packed panel."""
+    (func,) = [f for _, f in _scheduled(mod).functions_items()
+               if isinstance(f, tirx.PrimFunc) and f.attrs.get("aglmc.schedule_rule") == "conv2d"]
+    sch = tvm.s_tir.Schedule(func)
+    update = sch.get(sch.get_sblock("conv2d_nchw_update"))
+    return any(r.source.name == "pad_temp" for r in update.reads)
+
+
+@pytest.mark.parametrize(
+    "cin,cout,hw,k,stride,direct",
+    [(16, 40, 14, 3, 1, True),    # K = 144: direct, pixel-major write-back; 40 channels pad to the tile
+     (64, 24, 7, 3, 2, True),     # K = 576: channel-major write-back; 4 x 4 output pixels
+     (64, 32, 7, 3, 1, True),     # 49 pixels: MR = 7
+     (32, 16, 13, 3, 1, False),   # 169 pixels: no MR in 2..8 divides them, the packed kernel takes it
+     (3, 16, 16, 3, 1, False)],   # K = 27: the write-back would cost more than the packing saves
+)
+def test_direct_conv2d_with_residual_epilogue(cin, cout, hw, k, stride, direct):
+    """x86 k x k convolutions with a long reduction run directly (DirectConv): output channels as the vector
+    side, input values broadcast from the padded input in place; the rest keep the packed GEMM."""
+    torch.manual_seed(0)
+    model = _ResidualConv(cin, cout, k, stride)
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+        model.bn.weight.uniform_(0.5, 2)
+    out_hw = (hw + 2 * (k // 2) - k) // stride + 1
+    x, residual = torch.randn(1, cin, hw, hw), torch.randn(1, cout, out_hw, out_hw)
+    mod = _torch_module(model, x, residual)
+    out, report = _run(mod, x.numpy(), residual.numpy())
+    np.testing.assert_allclose(out, model(x, residual).detach().numpy(), rtol=1e-4, atol=1e-4)
+    assert "conv2d" in {e.rule for e in report.functions}
+    if not vector_isa(TARGET).fma_by_lane:
+        assert _reads_padded_input_in_place(mod) == direct
+    _check_rule(mod, "conv2d", parallel=cin * k * k * cout * out_hw * out_hw >= MIN_PARALLEL_MACS)
+
+
 def test_three_register_vectors_are_split_into_registers():
     """A 6x6 map is 36 pixels: a panel of three AVX-512 registers (48 floats). LLVM widens a <48 x float> and
     takes the accumulators apart lane by lane (measured 35x slower), so those loops are single registers."""

@@ -12,5 +12,6 @@ Build side (imports TVM):
 - ``plan.py``         the launch plan read from the lowered Relax ``main`` and TVM's host functions.
 
 Run side (wgpu and numpy only, never TVM): ``artifact.py`` (the zip format and plan expressions) and
-``runtime.py`` (``VulkanRunner``), ``llm.py`` (``VulkanLlmRunner``: prefill and decode). Importing this package imports neither side.
+``runtime.py`` (``VulkanRunner``), ``llm.py`` (``VulkanLlmRunner``: prefill and decode). Importing this package
+imports neither side.
 """

@@ -18,7 +18,8 @@ def _module(const_value=3.0):
     with bb.function("main", [x, s]):
         with bb.dataflow():
             wide = bb.emit(relax.op.astype(x, "float64"))
-            q = bb.emit(relax.op.round(relax.op.divide(wide, relax.op.multiply(s, relax.const(const_value, "float64")))))
+            step = bb.emit(relax.op.multiply(s, relax.const(const_value, "float64")))
+            q = bb.emit(relax.op.round(relax.op.divide(wide, step)))
             back = bb.emit(relax.op.astype(q, "float32"))
             gv = bb.emit_output(relax.Tuple([back, q]))
         bb.emit_func_output(gv)
@@ -70,7 +71,8 @@ def test_a_module_without_float64_is_returned_as_is():
 
 
 def test_a_constant_outside_float32_is_an_error():
-    with pytest.raises(TargetError, match=r"NarrowFloat64: function 'main' has a float64 constant of magnitude 1e\+300"):
+    with pytest.raises(TargetError, match=r"NarrowFloat64: function 'main' has a float64 constant of magnitude "
+                                          r"1e\+300"):
         narrow_float64_module(_module(const_value=1e300))
     # infinities stay infinities (masks)
     assert _dtypes(narrow_float64_module(_module(const_value=float("inf")))["main"]) == {"float32"}

@@ -118,6 +118,56 @@ def _padded(extent: int, tile: int) -> int:
 
 
 @dataclass(frozen=True)
+class DirectConv:
+    """How :func:`schedule_gemm` runs a convolution directly (its ``direct``): the register tile, the window
+    (kh * kw) the k loop is split by, and the write-back order."""
+
+    tile: RegisterTile
+    window: int
+    pixel_writeback: bool  # write each channel's MR pixels together (else each pixel's NR channels)
+
+    @staticmethod
+    def for_conv(isa: VectorISA, dtype: str, channels: int, pixels: int, reduction: int,
+                 window: int) -> DirectConv | None:
+        """The direct form of an NCHW conv with ``reduction`` = C_in/groups * kh * kw, or None where the packed
+        GEMM is faster: below ``DIRECT_MIN_K`` the write-back, a transposition of each MR x NR tile into
+        NCHW, costs more than the packing saves (3 -> 64 3x3 on 224^2, K = 27: 0.76 ms packed, 1.49 direct).
+        The write-back goes pixel-major below ``PIXEL_WRITEBACK_MAX_K`` (ResNet's 7x7 stem, K = 147:
+        1.45 -> 0.91 ms), channel-major (one strided vector store per pixel) above (K = 576: 0.80 vs 0.84)."""
+        tile = direct_tile(isa, dtype, channels, pixels)
+        if tile is None or reduction < DIRECT_MIN_K:
+            return None
+        return DirectConv(tile, window, reduction < PIXEL_WRITEBACK_MAX_K)
+
+
+DIRECT_MIN_K = 128
+PIXEL_WRITEBACK_MAX_K = 384
+
+
+def direct_tile(isa: VectorISA, dtype: str, channels: int, pixels: int) -> RegisterTile | None:
+    """The tile of a direct convolution (see :func:`schedule_gemm`'s ``direct``): NR output channels (the
+    vector side, weights packed at compile time) by MR output pixels read in place from the padded input.
+
+    MR divides the pixel count (a padded pixel row would put a bounds check into the kernel); per step of k
+    the tile issues MR·V FMAs, V weight loads and MR broadcasts, and pads the channels to NR: the cheapest
+    padded tile whose accumulators leave room for the loads wins (4 x 64 on AVX-512 for 64..512 channels,
+    7 x 48 on a 7 x 7 map). None when no MR > 1 divides the pixels (a prime count)."""
+    lanes = isa.lanes(dtype)
+    budget = isa.registers - 8 if isa.registers >= 32 else isa.registers - 4
+    best, best_cost = None, None
+    for mr in range(1, 9):
+        if pixels % mr:
+            continue
+        for vectors in range(1, 5):
+            if mr * vectors + vectors > budget:
+                continue
+            cost = _padded(channels, vectors * lanes) / channels * (mr * vectors + vectors + mr) / (mr * vectors)
+            if best_cost is None or cost < best_cost - 1e-9:
+                best, best_cost = RegisterTile(mr, vectors * lanes), cost
+    return best if best is not None and best.mr > 1 else None
+
+
+@dataclass(frozen=True)
 class GemmMatch:
     """A block that reads as a GEMM, and which of its operands is on the vector side."""
 
@@ -219,14 +269,23 @@ def _strip_cast(expr: tirx.Expr) -> tirx.Expr:
 
 
 def schedule_gemm(
-    sch: s_tir.Schedule, match: GemmMatch, isa: VectorISA, *, row_width: int | None = None
+    sch: s_tir.Schedule, match: GemmMatch, isa: VectorISA, *, row_width: int | None = None,
+    direct: DirectConv | None = None,
 ) -> str | None:
     """Schedule a matched GEMM block and its epilogues as the kernel above; return why not when it cannot.
 
     ``row_width``: the output image's width when the vector side is the pixels of a convolution with a
     window (kxk): a pixel panel that a row width is a multiple of keeps each panel inside one image row, so
     the im2col packing and the write-back index the row affinely instead of dividing by the width lane by
-    lane (MobileNetV2's first 3x3 stride-2 conv, 112 wide: 0.47 -> 0.14 ms with panels of 16)."""
+    lane (MobileNetV2's first 3x3 stride-2 conv, 112 wide: 0.47 -> 0.14 ms with panels of 16).
+
+    ``direct``: a :class:`DirectConv` for a convolution scheduled with the output channels as the vector side
+    (the match's J) although the output's innermost axis is the pixels: the weights are the stream operand,
+    packed at compile time, and the pixels' input values are broadcast straight from the padded input, which is
+    materialized once (no im2col packing at run time: for a k x k window that packing re-reads the input k^2
+    times, with a division per lane where a pixel panel wraps an image row). The k loop is split by the
+    window (kh * kw) and unrolled, so every input address is a per-pixel base plus a constant. ResNet-18's
+    3x3 convs, 2 threads: 56^2 x 64 0.90 -> 0.80 ms, 7^2 x 512 1.09 -> 0.76, stride 2 64 -> 128 1.12 -> 0.52."""
     main = match.block
     constants = layout_free_params(sch)
     dtype = str(sch.get(main).writes[0].source.dtype)
@@ -253,14 +312,17 @@ def schedule_gemm(
     if v_extent is None or m_extent is None:
         return "dynamic I or J extent"
     bcast_constant = _reads_only(sch, a_re if vector_on_j else b_re, constants)
-    tile = RegisterTile.for_problem(isa, dtype, v_extent, m_extent, constant_rows=bcast_constant,
-                                    row_width=None if vector_on_j else row_width)
+    if direct is not None:
+        tile = direct.tile
+    else:
+        tile = RegisterTile.for_problem(isa, dtype, v_extent, m_extent, constant_rows=bcast_constant,
+                                        row_width=None if vector_on_j else row_width)
     k_extent = static_extent(sch, k_loop)
     if tile.lane_rows == "in place" and (k_extent is None or k_extent % 4):
         tile = RegisterTile(tile.mr, tile.nr)  # no vector of four k: one scalar load per row and k
     pad_i, pad_j = (tile.mr, tile.nr) if vector_on_j else (tile.nr, tile.mr)
     sch.pad_einsum(main, [1, pad_i, pad_j, 1])
-    a_pack = _merge_into_pack(sch, main, a_re)
+    a_pack = _merge_into_pack(sch, main, a_re, producers=direct is None)  # direct: the padded input stays
     b_pack = _merge_into_pack(sch, main, b_re)
     stream, bcast = (b_pack, a_pack) if vector_on_j else (a_pack, b_pack)
 
@@ -271,7 +333,10 @@ def schedule_gemm(
     row_tile, r_in = sch.split(m_loop, [None, tile.mr])
     sch.reorder(s_loop, panel, row_tile, k_loop, r_in, v_in)
     k_step = k_loop
-    if tile.lane_rows:  # up to 16 steps of k per loop iteration (loop control per 16 x MR x V FMAs)
+    if direct is not None and k_extent is not None and direct.window > 1 and k_extent % direct.window == 0:
+        k_loop, k_step = sch.split(k_loop, [None, direct.window])  # (kh, kw) unrolled: base + constant
+        sch.unroll(k_step)
+    elif tile.lane_rows:  # up to 16 steps of k per loop iteration (loop control per 16 x MR x V FMAs)
         k_unroll = next(u for u in (16, 8, 4, 3, 2, 1) if k_extent is not None and k_extent % u == 0 or u == 1)
         if k_unroll > 1:
             k_loop, k_step = sch.split(k_loop, [None, k_unroll])
@@ -284,7 +349,7 @@ def schedule_gemm(
     sch.reverse_compute_at(acc_out, row_tile, preserve_unit_loops=True)
     inline_spatial_consumers(sch, acc_out)
     wb_r, wb_v = sch.get_loops(acc_out)[-2:]
-    if not vector_on_j:
+    if not vector_on_j or (direct is not None and direct.pixel_writeback):
         sch.reorder(wb_v, wb_r)
     _vectorize(sch, sch.get_loops(acc_out)[-1], isa, dtype)
     # 5. Operands: the stream operand in [S, V/NR, K, NR] panels; constants packed at compile time.
@@ -352,14 +417,18 @@ def _vectorize(sch: s_tir.Schedule, loop, isa: VectorISA, dtype: str) -> None:
     sch.vectorize(loop)
 
 
-def _merge_into_pack(sch: s_tir.Schedule, main: SBlockRV, reindex: SBlockRV) -> SBlockRV:
-    """One block that produces an operand of ``main``: reindex, padding and producers such as pad_temp."""
+def _merge_into_pack(
+    sch: s_tir.Schedule, main: SBlockRV, reindex: SBlockRV, producers: bool = True
+) -> SBlockRV:
+    """One block that produces an operand of ``main``: reindex, padding and (``producers``) producers such as
+    pad_temp."""
     pack = reindex
     consumer = sch.get_consumers(reindex)[0]
     if not sch.get(consumer).same_as(sch.get(main)):  # pad_einsum put a padding block in between
         sch.compute_inline(reindex)
         pack = consumer
-    inline_spatial_producers(sch, pack)
+    if producers:
+        inline_spatial_producers(sch, pack)
     return pack
 
 
