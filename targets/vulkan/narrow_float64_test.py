@@ -8,6 +8,7 @@ from tvm import relax
 
 from aglmc.errors import TargetError
 from aglmc.targets.vulkan.narrow_float64 import narrow_float64, narrow_float64_module
+from aglmc.targets.vulkan.narrow_int64 import narrow_int64
 
 
 def _module(const_value=3.0):
@@ -59,7 +60,8 @@ def test_float64_tensors_become_float32_and_round_the_same():
     assert np.array_equal(got_back, want.astype(np.float32)) and np.array_equal(got_q, want.astype(np.float32))
 
 
-def test_a_module_without_float64_is_returned_as_is():
+@pytest.mark.parametrize("narrow", [narrow_float64, narrow_int64], ids=["NarrowFloat64", "NarrowInt64"])
+def test_a_module_with_nothing_to_narrow_is_returned_as_is(narrow):
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([4], "float32"))
     with bb.function("main", [x]):
@@ -67,7 +69,7 @@ def test_a_module_without_float64_is_returned_as_is():
             gv = bb.emit_output(relax.op.exp(x))
         bb.emit_func_output(gv)
     mod = bb.get()
-    assert narrow_float64(mod).same_as(mod)
+    assert narrow(mod).same_as(mod)
 
 
 def test_a_constant_outside_float32_is_an_error():

@@ -46,17 +46,6 @@ def test_params_constants_and_dtype_attributes_become_int32():
     assert _dtypes(after) == {"float32", "int32", "int64"}
 
 
-def test_a_module_without_int64_is_returned_as_is():
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType([4], "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            gv = bb.emit_output(relax.op.exp(x))
-        bb.emit_func_output(gv)
-    mod = bb.get()
-    assert narrow_int64(mod).same_as(mod)
-
-
 def test_a_constant_outside_int32_is_an_error():
     with pytest.raises(TargetError, match="outside int32"):
         narrow_int64_module(_module(const_value=2**40))
