@@ -118,13 +118,14 @@ def _reference(model, args):
 def test_vulkan_target_is_registered_with_its_settings():
     cls = get_target("vulkan")
     assert cls is VulkanTarget and cls.library_name == "vulkan.wgpu" and hasattr(cls, "runner")
-    assert cls.resolve({}) == {"fp16": False, "max_workgroup_size": 256, "max_shared_memory": 16384,
+    assert cls.resolve({}) == {"fp16": False, "max_workgroup_size": 256, "max_shared_memory": 16384, "device": "",
                                "tune_trials": 0, "tune_seconds": 0.0, "tune_tasks": 0, "cost_model": "xgb",
                                "tuning_db": ""}  # issue 8: the vulkan target tunes
     with pytest.raises(TargetError, match="power of two"):
         cls.resolve({"max_workgroup_size": 96})
-    target = cls.tvm_target({"max_workgroup_size": 128})
+    target = cls.tvm_target({"max_workgroup_size": 128, "device": "Radeon 780M"})
     assert target.kind.name == "webgpu" and int(target.attrs["max_num_threads"]) == 128
+    assert str(target.attrs["model"]) == "Radeon 780M"  # the adapter its tuning records are keyed by
 
 
 def test_runtime_module_does_not_import_tvm():

@@ -95,6 +95,11 @@ def test_tuned_records_land_apply_and_match_the_host(mlp, cache, tmp_path):
     host = get_target("host")
     assert folder.parent == database_folder(host.tvm_target(host.resolve({}))).parent == cache
     assert folder.name.startswith("webgpu-")
+    # one folder per adapter: this machine's (the default), another GPU's, named by the block
+    assert str(vulkan.tvm_target(s).attrs["model"]) == runtime.select_adapter().info["device"]
+    other = vulkan.resolve({**settings, "device": "NVIDIA H100"})
+    assert database_folder(vulkan.tvm_target(other)) != folder
+    assert database_for_build(vulkan.tvm_target(other), other) is None  # lavapipe's records are not the H100's
     scan = TuningDatabase(folder).scan()
     assert scan.records == 8 and all(w.default_seconds is not None for w in scan.workloads.values()), scan.workloads
 

@@ -26,7 +26,9 @@ A schedule asks for it with ``target vulkan { fp16 = false }``.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -55,6 +57,25 @@ from aglmc.targets.tuning.settings import TUNE_PARAMS
 VULKAN_DEFAULT_RULE = "dlight"  # the rule name of a kernel no tuning record scheduled
 
 
+def device_model(device: str = "") -> str:
+    """What the vulkan target's tuning records are keyed by (the TVM target's ``model``, part of the database
+    folder's hash): ``device`` when the target block names one (a machine that builds for another machine's GPU
+    names it on both), else the name of the adapter ``aglmc run`` picks here (``$AGLMC_VULKAN_ADAPTER`` narrows
+    it), else ``"none"``. Timings of one GPU say nothing of another: lavapipe's records must not schedule an
+    NVIDIA build."""
+    return device or _this_machines_adapter(os.environ.get("AGLMC_VULKAN_ADAPTER", ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _this_machines_adapter(wanted: str) -> str:
+    from aglmc.targets.vulkan.runtime import select_adapter
+
+    try:
+        return str(select_adapter(wanted or None).info.get("device") or "unknown")
+    except TargetError:  # no wgpu, no Vulkan driver, or none that matches
+        return "none"
+
+
 def _power_of_two(n: int):
     return None if n & (n - 1) == 0 else f"must be a power of two, got {n}"
 
@@ -72,6 +93,9 @@ class VulkanTarget(Target):
               doc="threads per workgroup the GPU schedules may use (WebGPU guarantees 256)"),
         Param("max_shared_memory", "int", default=16384, min=1024,
               doc="bytes of workgroup memory a kernel may use (WebGPU guarantees 16384; lavapipe has 32768)"),
+        Param("device", "str", default="",
+              doc="the Vulkan adapter (part of its name) that tuning measures on and whose records the build "
+                  "applies; default: the adapter `aglmc run` picks on this machine"),
         *TUNE_PARAMS,  # issue 8: MetaSchedule on the Vulkan device (tuning.py)
     )
 
@@ -80,7 +104,7 @@ class VulkanTarget(Target):
         s = cls.resolve(settings)
         return tvm.target.Target({"kind": "webgpu", "max_num_threads": s["max_workgroup_size"],
                                   "max_shared_memory_per_block": s["max_shared_memory"],
-                                  "host": {"kind": "llvm"}})
+                                  "model": device_model(s["device"]), "host": {"kind": "llvm"}})
 
     @classmethod
     def build(cls, mod: tvm.IRModule, settings: Mapping[str, Any], out_path: Path, *, database=None) -> BuildInfo:
@@ -134,7 +158,7 @@ class VulkanTarget(Target):
 
         s = cls.resolve(settings)
         return tune_kernels(mod, cls.tvm_target(s), s, None, None, kind=cls.kind, trials=trials, base_dir=base_dir,
-                            log=log, backend=VulkanBackend(s, adapter=adapter), **options)
+                            log=log, backend=VulkanBackend(s, adapter=adapter or s["device"] or None), **options)
 
     @classmethod
     def runner(cls, path, adapter: Optional[str] = None):

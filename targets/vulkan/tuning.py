@@ -16,7 +16,8 @@ baselines, only-faster records), with this backend:
              and :meth:`.plan.PlanBuilder.for_prim_func` into a one-kernel ``.wgpu`` artifact;
 - runner     :class:`.tuning_runner.VulkanCandidateRunner` on this machine's Vulkan adapter.
 
-Records go to the webgpu target's folder of the tuning database (beside the CPU targets' folders, same files);
+Records go to the webgpu target's folder of the tuning database (beside the CPU targets' folders, same files),
+one folder per adapter: the target's ``model`` is the adapter's name (:func:`.target.device_model`);
 a vulkan build applies them with ``MetaScheduleApplyDatabase`` before dlight (:func:`.lower.schedule_passes`).
 """
 
