@@ -9,6 +9,7 @@ from tvm import relax
 from aglmc.errors import TargetError
 from aglmc.targets.vulkan.narrow_float64 import narrow_float64, narrow_float64_module
 from aglmc.targets.vulkan.narrow_int64 import narrow_int64
+from aglmc.targets.vulkan.narrow_int64_test import _dtypes
 
 
 def _module(const_value=3.0):
@@ -25,13 +26,6 @@ def _module(const_value=3.0):
             gv = bb.emit_output(relax.Tuple([back, q]))
         bb.emit_func_output(gv)
     return bb.get()
-
-
-def _dtypes(func):
-    found = set()
-    relax.analysis.post_order_visit(func, lambda e: found.add(str(e.ty.dtype))
-                                    if isinstance(getattr(e, "ty", None), relax.TensorType) else None)
-    return found
 
 
 def _run(mod, *args):
