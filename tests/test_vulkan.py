@@ -455,18 +455,11 @@ class QuantBlock(torch.nn.Module):
 
 def _quantized(pass_name, **params):
     """QuantBlock through one of aglmc's quantization passes, imported to Relax as every target receives it."""
-    from aglmc.compiler.data import Dataset
-    from aglmc.passes.base import PassContext, get_pass
-    from aglmc.passes.select import make_selector
+    from aglmc.targets.vulkan.pack_weights_test import _quantized as quantized
 
     torch.manual_seed(0)
     x = torch.randn(1, 3, 8, 8)
-    gm = torch.export.export(QuantBlock().eval(), (x,)).module()
-    data = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
-    ctx = PassContext(selects=make_selector("fx"), datasets={"calib": Dataset("calib", {"x": data}, None)},
-                      example_inputs={"x": x.numpy()})
-    get_pass(pass_name)(**params).run("fx", gm, ctx)
-    return relax_from_torch(gm, (x,))
+    return quantized(QuantBlock(), x, pass_name, **params)
 
 
 QUANTIZED = {
